@@ -1,0 +1,1 @@
+"""Subcommands of the `priorzero` CLI; each module has `register(app)`."""

@@ -1,0 +1,161 @@
+"""One typed configuration object for every command, with presets, YAML files and `--set` overrides.
+
+Order of precedence (later wins): field defaults < preset < YAML file < `--set section.key=value`.
+Validated once, here; an invalid key or value is a `UserError` naming the key and what is allowed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from priorzero.errors import UserError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class RunConfig(_Section):
+    name: str = "priorzero"
+    run_dir: Path | None = Field(None, description="Default: runs/<name>.")
+    seed: int = 0
+
+
+class EnvConfig(_Section):
+    env_id: str = Field("tw-coin_collector-l5-s1", description="A suite game name or a story file name.")
+    game_dir: Path | None = Field(None, description="Where Jericho story files are looked up first.")
+    num_envs: int = Field(4, ge=1, description="Games played in parallel, each in a worker process.")
+    max_episode_steps: int = Field(50, ge=1)
+    call_timeout_s: float = Field(10.0, gt=0, description="Longest a single call into a game may take.")
+
+
+class LLMConfig(_Section):
+    model: str = Field("smollm2-135m", description="'smollm2-135m' (embedded), a local HF directory, or a hub id.")
+    backend: Literal["hf", "vllm"] = "hf"
+    device: str = Field("auto", description="'auto', 'cpu', 'cuda' or 'cuda:N'.")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    gpu_memory: str | None = Field(None, description="Budget on its GPU: bytes ('20GiB') or a fraction of free memory ('0.5').")
+
+
+class SearchConfig(_Section):
+    num_simulations: int = Field(25, ge=1)
+    pb_c_base: float = 19652.0
+    pb_c_init: float = 1.25
+    discount: float = Field(0.997, gt=0, le=1)
+    root_dirichlet_alpha: float = Field(0.3, gt=0)
+    root_noise_fraction: float = Field(0.25, ge=0, le=1)
+    prior_mode: Literal["replace", "mix", "adaptive"] = "mix"
+    prior_mix_weight: float = Field(0.5, ge=0, le=1, description="Weight of the LM prior in 'mix' mode.")
+
+
+class ModelConfig(_Section):
+    latent_dim: int = Field(128, ge=8)
+
+
+class TrainConfig(_Section):
+    max_iter: int | None = Field(None, ge=1, description="Stop after this many collect/learn iterations.")
+    max_env_steps: int | None = Field(None, ge=1, description="Stop after this many environment steps.")
+
+
+class Config(_Section):
+    run: RunConfig = RunConfig()
+    env: EnvConfig = EnvConfig()
+    llm: LLMConfig = LLMConfig()
+    search: SearchConfig = SearchConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+
+
+# Presets are partial configs layered over the defaults.
+PRESETS: dict[str, dict[str, Any]] = {
+    "quick": {
+        "run": {"name": "quick"},
+        "llm": {"device": "cpu"},
+    },
+    "full": {
+        "run": {"name": "full"},
+        "env": {"num_envs": 16, "max_episode_steps": 100},
+        "llm": {"device": "auto"},
+        "search": {"num_simulations": 50},
+    },
+}
+
+
+def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def parse_override(text: str) -> dict[str, Any]:
+    """'section.key=value' -> {'section': {'key': value}}; the value is read as YAML ('3' is an int)."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise UserError(f"--set expects section.key=value, got {text!r}")
+    parts = key.strip().split(".")
+    if len(parts) != 2 or not all(parts):
+        raise UserError(f"--set key {key!r} must be section.key, with section one of: {', '.join(Config.model_fields)}")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return {parts[0]: {parts[1]: value}}
+
+
+def load_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except FileNotFoundError:
+        raise UserError(f"config file {path} does not exist") from None
+    except yaml.YAMLError as exc:
+        raise UserError(f"config file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError(f"config file {path} must hold a mapping of sections (run, env, llm, ...)")
+    return data
+
+
+def _describe(error: dict[str, Any], raw: dict[str, Any]) -> str:
+    key = ".".join(str(part) for part in error["loc"])
+    if error["type"] == "extra_forbidden":
+        section = error["loc"][0] if len(error["loc"]) > 1 else None
+        model = Config.model_fields[section].annotation if section in Config.model_fields else Config
+        allowed = ", ".join(model.model_fields)
+        return f"unknown config key {key!r}; allowed keys{' in ' + str(section) if section else ''}: {allowed}"
+    return f"invalid config value for {key} ({error['input']!r}): {error['msg']}"
+
+
+def build_config(
+    preset: str | None = None,
+    config_file: Path | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+    extra: dict[str, Any] | None = None,
+) -> Config:
+    """Layer preset, YAML file, `--set` overrides and `extra` (already-parsed CLI options) and validate once."""
+    raw: dict[str, Any] = {}
+    if preset is not None:
+        if preset not in PRESETS:
+            raise UserError(f"unknown preset {preset!r}; choose one of: {', '.join(PRESETS)}")
+        raw = _deep_merge(raw, PRESETS[preset])
+    if config_file is not None:
+        raw = _deep_merge(raw, load_yaml(config_file))
+    for text in overrides:
+        raw = _deep_merge(raw, parse_override(text))
+    raw = _deep_merge(raw, extra or {})
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as exc:
+        raise UserError(_describe(exc.errors()[0], raw)) from None
+
+
+def config_to_yaml(config: Config) -> str:
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
