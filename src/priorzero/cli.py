@@ -89,9 +89,9 @@ def _root() -> None:
 
 
 def _register_commands() -> None:
-    from priorzero.commands import config_cmd
+    from priorzero.commands import bench, config_cmd
 
-    for module in (config_cmd,):
+    for module in (config_cmd, bench):
         module.register(app)
 
 
