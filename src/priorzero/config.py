@@ -59,6 +59,36 @@ class ModelConfig(_Section):
 class TrainConfig(_Section):
     max_iter: int | None = Field(None, ge=1, description="Stop after this many collect/learn iterations.")
     max_env_steps: int | None = Field(None, ge=1, description="Stop after this many environment steps.")
+    # Collection: one iteration plays one episode on each of env.num_envs games, then learns.
+    collect_temperature: float = Field(1.0, gt=0, description="Temperature of the visit policy the collector samples from.")
+    buffer_steps: int = Field(50_000, ge=1, description="Replay buffer capacity in environment steps (oldest segments go first).")
+    segment_length: int = Field(10, ge=1, description="Steps per replay segment (episodes are cut into segments).")
+    # World model.
+    wm_lr: float = Field(3e-4, gt=0)
+    wm_batch_size: int = Field(32, ge=1, description="Segments sampled per world-model update.")
+    wm_updates_per_iter: int = Field(20, ge=0, description="World-model gradient steps per iteration.")
+    unroll_steps: int = Field(5, ge=1, description="Steps the dynamics are unrolled from each sampled position.")
+    td_steps: int = Field(5, ge=1, description="n of the n-step value targets and of the advantage's return.")
+    # Language model.
+    lm_finetune: Literal["lora", "full", "off"] = Field("lora", description="How the language model is fine-tuned.")
+    lora_rank: int = Field(8, ge=1)
+    lora_alpha: float = Field(16.0, gt=0)
+    lm_lr: float = Field(1e-4, gt=0)
+    lm_updates_per_iter: int = Field(2, ge=0, description="Language-model gradient steps per iteration (the update ratio to the world model).")
+    lm_batch_size: int = Field(16, ge=1, description="Steps per language-model update.")
+    lm_micro_batch: int = Field(8, ge=1, description="Steps per micro-batch (gradients accumulate); halved on out-of-memory.")
+    lm_memory_budget: str | None = Field(None, description="Bytes the LM update's activations may use ('2GiB'); a micro-batch planned above it is treated as out of memory.")
+    visit_loss_weight: float = Field(1.0, ge=0, description="Cross-entropy from the visit distribution to the prior.")
+    pg_loss_weight: float = Field(0.1, ge=0, description="Policy gradient on the executed command.")
+    kl_loss_weight: float = Field(0.05, ge=0, description="KL from the initial language model's prior.")
+    advantage_clip: float = Field(2.0, gt=0, description="Normalised advantages are clipped to +-this.")
+    grad_clip: float = Field(1.0, gt=0)
+    # Checkpoints and evaluation.
+    checkpoint_every: int = Field(1, ge=1, description="Write a checkpoint every N iterations (and at the end).")
+    eval_episodes: int = Field(5, ge=1, description="Episodes per game and agent in the final evaluation.")
+    eval_agents: list[Literal["random", "llm", "wm", "priorzero"]] = Field(
+        ["random", "priorzero"], description="Agents scored in the final evaluation."
+    )
 
 
 class Config(_Section):

@@ -1,0 +1,108 @@
+"""The replay buffer: one `StepRecord` per environment step, grouped into segments of consecutive steps.
+
+A record carries everything that step produced, side by side, so nothing can drift out of alignment: the
+text the agent saw, the commands it could choose from, the prior and the search's visit counts over exactly
+those commands, the action, and what the game returned. Records and the buffer turn into plain containers
+(`state_dict`) so checkpoints load with `torch.load(weights_only=True)`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+import numpy as np
+
+
+@dataclass
+class StepRecord:
+    observation: str  # the game's text before the action
+    commands: list[str]  # the valid commands, in the order prior and visit counts use
+    prompt: str  # what the language model read
+    prior: list[float]  # the language model's prior over `commands`
+    root_value: float  # the search's value of this state
+    visit_counts: list[int]  # the search's visits per command
+    action: int  # index into `commands` of the executed command
+    reward: float  # score change the step produced
+    done: bool  # the episode ended with this step (won, lost or out of steps)
+    lm_version: int  # how many language-model updates the prior was computed after
+    game: str = ""  # which game the step came from
+    episode: int = 0  # episode counter of the collector
+    t: int = 0  # step index inside the episode
+
+    @property
+    def command(self) -> str:
+        return self.commands[self.action]
+
+    def visit_policy(self) -> list[float]:
+        total = sum(self.visit_counts)
+        if total == 0:
+            return [1.0 / len(self.commands)] * len(self.commands)
+        return [count / total for count in self.visit_counts]
+
+
+Segment = list[StepRecord]
+
+
+def split_into_segments(episode: list[StepRecord], length: int) -> list[Segment]:
+    """Cut one episode's records into consecutive segments of at most `length` steps."""
+    return [episode[i : i + length] for i in range(0, len(episode), length)]
+
+
+class ReplayBuffer:
+    """Segments of consecutive steps, oldest dropped first once `capacity` steps are stored."""
+
+    def __init__(self, capacity: int, segment_length: int) -> None:
+        self.capacity = capacity
+        self.segment_length = segment_length
+        self.segments: deque[Segment] = deque()
+        self.num_steps = 0
+
+    def __len__(self) -> int:
+        return self.num_steps
+
+    def add_episode(self, episode: list[StepRecord]) -> None:
+        for segment in split_into_segments(episode, self.segment_length):
+            self.segments.append(segment)
+            self.num_steps += len(segment)
+        while self.num_steps > self.capacity and len(self.segments) > 1:
+            self.num_steps -= len(self.segments.popleft())
+
+    def records(self) -> Iterable[StepRecord]:
+        for segment in self.segments:
+            yield from segment
+
+    def sample_segments(self, count: int, rng: np.random.Generator) -> list[Segment]:
+        """`count` segments drawn with replacement, each with probability proportional to its length."""
+        if not self.segments:
+            raise ValueError("the replay buffer is empty")
+        lengths = np.array([len(segment) for segment in self.segments], dtype=np.float64)
+        picks = rng.choice(len(self.segments), size=count, p=lengths / lengths.sum())
+        return [self.segments[i] for i in picks]
+
+    def sample_steps(self, count: int, rng: np.random.Generator) -> list[tuple[Segment, int]]:
+        """`count` (segment, position) pairs, uniform over stored steps."""
+        picks = rng.integers(0, self.num_steps, size=count)
+        starts = np.cumsum([0] + [len(segment) for segment in self.segments])
+        out = []
+        for pick in picks:
+            index = int(np.searchsorted(starts, pick, side="right") - 1)
+            out.append((self.segments[index], int(pick - starts[index])))
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "capacity": self.capacity,
+            "segment_length": self.segment_length,
+            "segments": [[dataclasses.asdict(record) for record in segment] for segment in self.segments],
+        }
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, Any]) -> ReplayBuffer:
+        buffer = cls(state["capacity"], state["segment_length"])
+        for segment in state["segments"]:
+            buffer.segments.append([StepRecord(**record) for record in segment])
+            buffer.num_steps += len(segment)
+        return buffer

@@ -1,0 +1,171 @@
+"""The run directory: resolved config, log file, TensorBoard events, metrics, checkpoints, summary and curves.
+
+    runs/<name>/
+      config.yaml        the resolved configuration (a resume must match it)
+      train.log          everything the run logged
+      events.out.tfevents.*   TensorBoard scalars
+      metrics.jsonl      one JSON object per iteration (what curves.png is drawn from)
+      checkpoints/latest.pt
+      summary.json       written at the end: counters, final evaluation, wall time
+      curves.png         episode score and losses over environment steps
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+from priorzero.config import Config, build_config, config_to_yaml
+from priorzero.errors import UserError
+from priorzero.fileio import write_bytes_atomic, write_json_atomic, write_text_atomic
+
+log = logging.getLogger(__name__)
+
+
+def default_run_dir(config: Config) -> Path:
+    return config.run.run_dir or Path("runs") / config.run.name
+
+
+class RunDir:
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._writer = None
+        self._log_handler: logging.Handler | None = None
+
+    @property
+    def config_path(self) -> Path:
+        return self.path / "config.yaml"
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.path / "checkpoints"
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.path / "metrics.jsonl"
+
+    @classmethod
+    def create(cls, path: Path, config: Config) -> RunDir:
+        """A new run; an existing run directory is an error (it is left untouched)."""
+        path = Path(path)
+        if (path / "config.yaml").exists() or (path.exists() and any(path.iterdir())):
+            raise UserError(f"run directory {path} already exists; pass --resume to continue it or --run-dir for a new one")
+        path.mkdir(parents=True, exist_ok=True)
+        run = cls(path)
+        write_text_atomic(run.config_path, config_to_yaml(config))
+        return run
+
+    @classmethod
+    def open_for_resume(cls, path: Path, config: Config) -> RunDir:
+        """An existing run whose stored config equals `config` except for the run's length limits."""
+        path = Path(path)
+        if not (path / "config.yaml").is_file():
+            raise UserError(f"cannot resume: {path} is not a run directory (no config.yaml)")
+        stored = build_config(config_file=path / "config.yaml")
+        differences = config_differences(stored, config)
+        if differences:
+            raise UserError(f"cannot resume {path}: config differs from the stored one in {', '.join(differences)}; use the same options")
+        return cls(path)
+
+    def start_logging(self) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        self._log_handler = logging.FileHandler(self.path / "train.log")
+        self._log_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        root = logging.getLogger()
+        root.addHandler(self._log_handler)
+        if root.level > logging.INFO or root.level == logging.NOTSET:
+            root.setLevel(logging.INFO)
+        self._writer = SummaryWriter(log_dir=str(self.path))
+
+    def log_metrics(self, env_steps: int, metrics: dict[str, float]) -> None:
+        """One row of metrics at `env_steps`: to TensorBoard and to metrics.jsonl."""
+        finite = {key: float(value) for key, value in metrics.items() if value is not None and math.isfinite(float(value))}
+        if self._writer is not None:
+            for key, value in finite.items():
+                self._writer.add_scalar(key, value, env_steps)
+            self._writer.flush()
+        with self.metrics_path.open("a") as f:
+            f.write(json.dumps({"env_steps": env_steps, **finite}) + "\n")
+
+    def read_metrics(self) -> list[dict[str, float]]:
+        if not self.metrics_path.exists():
+            return []
+        rows = []
+        for line in self.metrics_path.read_text().splitlines():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:  # a line cut by kill -9
+                continue
+        return rows
+
+    def truncate_metrics(self, env_steps: int) -> None:
+        """Drop rows written after the checkpoint a resume starts from, so curves have no duplicates."""
+        rows = [row for row in self.read_metrics() if row["env_steps"] <= env_steps]
+        write_text_atomic(self.metrics_path, "".join(json.dumps(row) + "\n" for row in rows))
+
+    def write_summary(self, summary: dict[str, Any]) -> None:
+        write_json_atomic(self.path / "summary.json", summary)
+
+    def write_curves(self) -> None:
+        write_bytes_atomic(self.path / "curves.png", plot_curves(self.read_metrics()))
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        if self._log_handler is not None:
+            logging.getLogger().removeHandler(self._log_handler)
+            self._log_handler.close()
+            self._log_handler = None
+
+
+# Keys that may change between a run and its resume: how long it runs, not what it does.
+_RESUMABLE_KEYS = {("train", "max_iter"), ("train", "max_env_steps"), ("run", "run_dir")}
+
+
+def config_differences(stored: Config, current: Config) -> list[str]:
+    differences = []
+    for section, values in stored.model_dump().items():
+        for key, value in values.items():
+            if (section, key) not in _RESUMABLE_KEYS and getattr(getattr(current, section), key) != value:
+                differences.append(f"{section}.{key}")
+    return differences
+
+
+CURVE_PANELS = (
+    ("episode score (normalised)", ("episode/normalised_score",)),
+    ("world-model loss", ("wm/loss",)),
+    ("language-model losses", ("lm/visit_ce", "lm/pg", "lm/kl")),
+)
+
+
+def plot_curves(rows: list[dict[str, float]]) -> bytes:
+    """A PNG with one panel per curve group, against environment steps."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(CURVE_PANELS), figsize=(5 * len(CURVE_PANELS), 3.6))
+    for ax, (title, keys) in zip(axes, CURVE_PANELS):
+        for key in keys:
+            points = [(row["env_steps"], row[key]) for row in rows if key in row]
+            if points:
+                xs, ys = zip(*points)
+                ax.plot(xs, ys, marker=".", label=key.split("/")[-1])
+        ax.set_title(title)
+        ax.set_xlabel("environment steps")
+        ax.grid(alpha=0.3)
+        if len(keys) > 1:
+            ax.legend()
+    fig.tight_layout()
+    out = io.BytesIO()
+    fig.savefig(out, format="png", dpi=100)
+    plt.close(fig)
+    return out.getvalue()
