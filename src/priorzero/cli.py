@@ -89,9 +89,9 @@ def _root() -> None:
 
 
 def _register_commands() -> None:
-    from priorzero.commands import bench, config_cmd
+    from priorzero.commands import bench, config_cmd, doctor
 
-    for module in (config_cmd, bench):
+    for module in (config_cmd, bench, doctor):
         module.register(app)
 
 

@@ -1,0 +1,87 @@
+"""Budget accounting for the transformers backend, from PyTorch's allocator only (process-local).
+
+Device-wide free memory includes every other process and moves when they do; this process's own
+allocator does not. So the transformers backend never compares device-wide numbers over time: it counts
+its CUDA context once, then what PyTorch reserves, and sizes micro-batches from the measured peak of
+small probe batches.
+
+    memory = TorchMemory(budget_bytes, device)
+    per_item, fixed = memory.probe(lambda n: score(batch_of(n)))
+    batch = memory.micro_batch(per_item, fixed)
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from priorzero.gpu.budget import MiB, fit_micro_batch
+
+DEFAULT_CONTEXT_BYTES = 600 * MiB  # CUDA context + cuBLAS handles when NVML cannot tell us (H100, CUDA 12-13)
+
+
+class TorchMemory:
+    """Process-local view of this process's GPU memory against a budget."""
+
+    def __init__(self, budget_bytes: int, device: torch.device | str, context_bytes: int | None = None) -> None:
+        self.budget_bytes = budget_bytes
+        self.device = torch.device(device)
+        self.context_bytes = context_bytes if context_bytes is not None else DEFAULT_CONTEXT_BYTES
+
+    def reserved_bytes(self) -> int:
+        return torch.cuda.memory_reserved(self.device)
+
+    def in_use_bytes(self) -> int:
+        """What this process holds now: CUDA context plus PyTorch's reserved pool."""
+        return self.context_bytes + self.reserved_bytes()
+
+    def peak_bytes(self) -> int:
+        """Context plus the allocator's peak reservation since the last reset."""
+        return self.context_bytes + torch.cuda.max_memory_reserved(self.device)
+
+    def reset_peak(self) -> None:
+        torch.cuda.reset_peak_memory_stats(self.device)
+
+    def measure(self, fn: Callable[[], Any]) -> tuple[Any, int]:
+        """Run `fn` and return its result and the allocator's peak *allocated* bytes above what was allocated before."""
+        torch.cuda.synchronize(self.device)
+        before = torch.cuda.memory_allocated(self.device)
+        torch.cuda.reset_peak_memory_stats(self.device)
+        result = fn()
+        torch.cuda.synchronize(self.device)
+        return result, torch.cuda.max_memory_allocated(self.device) - before
+
+    def probe(self, run_batch: Callable[[int], Any], small: int = 1, large: int = 2) -> tuple[int, int]:
+        """(bytes per item, fixed bytes) from the peaks of a `small` and a `large` batch (a linear fit)."""
+        _, peak_small = self.measure(lambda: run_batch(small))
+        _, peak_large = self.measure(lambda: run_batch(large))
+        per_item = max(1, (peak_large - peak_small) // (large - small))
+        return per_item, max(0, peak_small - per_item * small)
+
+    def micro_batch(self, per_item_bytes: int, fixed_bytes: int = 0, safety: float = 0.9, cap: int | None = None) -> int:
+        """Items per micro-batch that keep this process inside its budget (at least 1)."""
+        items = fit_micro_batch(self.budget_bytes, self.in_use_bytes(), per_item_bytes, fixed_bytes, safety)
+        return max(1, min(items, cap) if cap else items)
+
+
+def measure_context_bytes(nvml_process_bytes: int | None, device: torch.device | str) -> int:
+    """This process's CUDA context size: NVML's per-process figure for our PID minus PyTorch's reservation.
+
+    The NVML figure is about this process only, so it is not the device-wide comparison we avoid.
+    """
+    if nvml_process_bytes is None:
+        return DEFAULT_CONTEXT_BYTES
+    return max(0, nvml_process_bytes - torch.cuda.memory_reserved(torch.device(device)))
+
+
+def own_process_bytes(nvml: Any, nvml_index: int) -> int | None:
+    """NVML's count of this process's memory on one GPU (None where the driver hides PIDs, as in some containers)."""
+    for device in nvml.read_devices():
+        if device.index == nvml_index:
+            for process in device.processes:
+                if process.pid == os.getpid():
+                    return process.used_bytes
+    return None
