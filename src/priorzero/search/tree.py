@@ -1,0 +1,84 @@
+"""The search tree as batched tensors: games x nodes x candidates, in the style of DeepMind's mctx.
+
+Node 0 of every game is the root; simulation s (1-based) adds node s in every game at once, so node indices are
+plain Python ints shared by the batch. The last node is a "trash" slot: scatters of padded path entries land there
+and it is never read. Every node has the same K candidate actions: the root's candidate commands (see
+docs/architecture.md), with `candidate_mask` marking which exist for each game.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+UNEXPANDED = -1
+
+
+@dataclass
+class Tree:
+    node_visits: Tensor  # [B, N] visit counts
+    node_values: Tensor  # [B, N] mean discounted return seen from the node
+    node_rewards: Tensor  # [B, N] reward of the edge into the node (0 at the root)
+    node_actions: Tensor  # [B, N] long, action taken from the parent into the node
+    node_depth: Tensor  # [B, N] long, 0 at the root
+    children_index: Tensor  # [B, N, K] long, node index of each child or UNEXPANDED
+    children_prior: Tensor  # [B, N, K] prior probabilities (0 where masked)
+    children_visits: Tensor  # [B, N, K]
+    children_values: Tensor  # [B, N, K] the child's node_values (0 until visited)
+    children_rewards: Tensor  # [B, N, K]
+    candidate_mask: Tensor  # [B, K] bool, which candidates exist
+    q_min: Tensor  # [B] smallest Q = reward + discount * value seen in the tree
+    q_max: Tensor  # [B] largest such Q
+
+    @property
+    def batch_size(self) -> int:
+        return self.node_visits.shape[0]
+
+    @property
+    def num_candidates(self) -> int:
+        return self.children_index.shape[2]
+
+    @property
+    def trash_node(self) -> int:
+        return self.node_visits.shape[1] - 1
+
+
+def init_tree(root_prior: Tensor, root_value: Tensor, candidate_mask: Tensor, num_simulations: int) -> Tree:
+    """A tree holding only the root, counted as visited once with the model's value (as mctx does).
+
+    root_prior: [B, K] probabilities, 0 on masked candidates; root_value: [B]; candidate_mask: [B, K] bool.
+    The dtype of root_value sets the dtype of every statistic.
+    """
+    batch, candidates = root_prior.shape
+    nodes = num_simulations + 2  # root, one per simulation, trash
+    dtype, device = root_value.dtype, root_value.device
+
+    def zeros(*shape: int) -> Tensor:
+        return torch.zeros(*shape, dtype=dtype, device=device)
+
+    def longs(*shape: int, fill: int) -> Tensor:
+        return torch.full(shape, fill, dtype=torch.long, device=device)
+
+    node_visits = zeros(batch, nodes)
+    node_visits[:, 0] = 1
+    node_values = zeros(batch, nodes)
+    node_values[:, 0] = root_value
+    children_prior = zeros(batch, nodes, candidates)
+    children_prior[:, 0] = root_prior.to(dtype)
+    return Tree(
+        node_visits=node_visits,
+        node_values=node_values,
+        node_rewards=zeros(batch, nodes),
+        node_actions=longs(batch, nodes, fill=0),
+        node_depth=longs(batch, nodes, fill=0),
+        children_index=longs(batch, nodes, candidates, fill=UNEXPANDED),
+        children_prior=children_prior,
+        children_visits=zeros(batch, nodes, candidates),
+        children_values=zeros(batch, nodes, candidates),
+        children_rewards=zeros(batch, nodes, candidates),
+        candidate_mask=candidate_mask.bool(),
+        q_min=torch.full((batch,), float("inf"), dtype=dtype, device=device),
+        q_max=torch.full((batch,), float("-inf"), dtype=dtype, device=device),
+    )
