@@ -10,8 +10,9 @@ each start, runs one scoring call and one training step:
   lines, since vLLM cannot be installed on the GPU machine): device-wide free memory before loading versus
   after a profiling run, with vLLM's assertion and its KV-cache arithmetic, and no retry.
 
-The model is a random-weight model of SmolLM2-135M's architecture (`LlamaForCausalLM`, bf16) scored on
-random token ids: start-up and memory do not depend on the weights or on what the tokens say.
+The model is a random-weight model of SmolLM2-135M's architecture (`LlamaForCausalLM`, bf16), saved once
+as safetensors in a temporary directory; every start reads it from disk onto the GPU, as a real start
+does. It scores random token ids: start-up and memory do not depend on the weights or on what the tokens say.
 Needs an NVIDIA GPU; everything it measures comes from NVML and PyTorch on that GPU.
 """
 
@@ -23,9 +24,11 @@ import multiprocessing as mp
 import os
 import queue
 import random
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -53,24 +56,37 @@ MIMIC_PROFILE_SEQUENCES = 64  # the profiling run's batch (vLLM profiles at its 
 # --- the model ------------------------------------------------------------------------------------------
 
 
-def build_model(device: str) -> Any:
-    """A random-weight SmolLM2-135M-shaped causal LM in bf16, built directly on `device`."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+def smollm2_config() -> Any:
+    from transformers import LlamaConfig
 
-    config = LlamaConfig(
+    return LlamaConfig(
         vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
         num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=8192,
         rope_theta=100000.0, tie_word_embeddings=True,
     )  # fmt: skip
+
+
+def save_random_checkpoint(directory: Path, device: str) -> None:
+    """A random-weight SmolLM2-135M-shaped model (bf16 safetensors), built on the GPU and written once."""
+    import torch
+    from transformers import LlamaForCausalLM
+
     previous = torch.get_default_dtype()
     torch.set_default_dtype(torch.bfloat16)
     try:
         with torch.device(device):
-            model = LlamaForCausalLM(config)
+            model = LlamaForCausalLM(smollm2_config())
     finally:
         torch.set_default_dtype(previous)
-    return model
+    model.save_pretrained(directory)
+
+
+def load_model(directory: Path, device: str) -> Any:
+    """What a start does first: read the weights from disk onto the GPU."""
+    import torch
+    from transformers import LlamaForCausalLM
+
+    return LlamaForCausalLM.from_pretrained(directory, dtype=torch.bfloat16).to(device)
 
 
 def score(model: Any, sequences: int, device: str, generator: Any) -> float:
@@ -150,7 +166,7 @@ class PeakSampler:
         self._thread.join()
 
 
-def start_ours(nvml: Any, device: str, nvml_index: int, budget: int, context_bytes: int, generator: Any) -> dict[str, Any]:
+def start_ours(nvml: Any, checkpoint: Path, device: str, budget: int, context_bytes: int, generator: Any) -> dict[str, Any]:
     import torch
 
     from priorzero.gpu.torch_memory import TorchMemory
@@ -159,7 +175,7 @@ def start_ours(nvml: Any, device: str, nvml_index: int, budget: int, context_byt
     statuses = inventory.sample(nvml, samples=3, interval_s=0.05)
     plan = plan_placement(statuses, BudgetSpec(bytes=budget), device=device, visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES"))
     policy = StartPolicy(attempts_per_gpu=5, backoff_s=0.5, stable_window_s=1.0, stable_timeout_s=10.0)
-    started: Started[Any] = start_engine(lambda place: build_model(place.device), plan.lm_candidates, policy, nvml=nvml)
+    started: Started[Any] = start_engine(lambda place: load_model(checkpoint, place.device), plan.lm_candidates, policy, nvml=nvml)
     ready_s = time.perf_counter() - t0
     placement: Placement = started.placement  # type: ignore[assignment]
     model = started.engine
@@ -176,12 +192,17 @@ def start_ours(nvml: Any, device: str, nvml_index: int, budget: int, context_byt
                          score_batch // CANDIDATES_PER_GAME, len(started.failed_attempts))  # fmt: skip
     return {
         "ok": True, "ready_s": ready_s, "failed_attempts": [a.reason for a in started.failed_attempts],
-        "score_batch": score_batch, "train_batch": train_batch, "report": report.summary(),
+        "score_batch": score_batch, "train_batch": train_batch, "score_item_bytes": per_item,
+        "train_item_bytes": per_item_t, "report": report.summary(),
     }  # fmt: skip
 
 
-def start_mimic(device: str, budget: int, generator: Any) -> dict[str, Any]:
-    """MIMIC of vLLM V1's Worker start-up memory policy (init_device + determine_available_memory)."""
+def start_mimic(checkpoint: Path, device: str, budget: int, profile_s: float, generator: Any) -> dict[str, Any]:
+    """MIMIC of vLLM V1's Worker start-up memory policy (init_device + determine_available_memory).
+
+    vLLM's profiling run includes compilation and CUDA-graph warm-up; here it repeats the profiling forward
+    pass for `profile_s` seconds of real GPU work.
+    """
     import torch
 
     t0 = time.perf_counter()
@@ -194,11 +215,15 @@ def start_mimic(device: str, budget: int, generator: Any) -> dict[str, Any]:
             f"Free memory on device ({free0 / GiB:.2f}/{total / GiB:.2f} GiB) on startup is less than desired GPU memory "
             f"utilization ({utilization:.4f}, {requested / GiB:.2f} GiB). Decrease GPU memory utilization or reduce GPU memory used by other processes."
         )
-    model = build_model(device)
+    model = load_model(checkpoint, device)
     weights = torch.cuda.memory_allocated(device)
     torch.cuda.reset_peak_memory_stats(device)
-    score(model, MIMIC_PROFILE_SEQUENCES, device, generator)  # the profiling run
-    torch.cuda.synchronize(device)
+    profile_start = time.perf_counter()
+    while True:  # the profiling run
+        score(model, MIMIC_PROFILE_SEQUENCES, device, generator)
+        torch.cuda.synchronize(device)
+        if time.perf_counter() - profile_start >= profile_s:
+            break
     peak_activation = torch.cuda.max_memory_allocated(device) - weights
     free1, _ = torch.cuda.mem_get_info(device)
     assert free0 > free1, (
@@ -221,9 +246,12 @@ def start_mimic(device: str, budget: int, generator: Any) -> dict[str, Any]:
     return {"ok": True, "ready_s": ready_s, "kv_cache_bytes": kv_cache}
 
 
-def worker(policy: str, starts: int, device: str, nvml_index: int, budget: int, seed: int, results: Any) -> None:
-    """Runs in its own process: CUDA context once, then `starts` starts, each released before the next."""
+def worker(policy: str, checkpoint: Path, starts: int, device: str, nvml_index: int, budget: int, profile_s: float, seed: int, results: Any) -> None:
+    """Runs in its own process: CUDA context and imports once, then `starts` starts, each released before the next."""
     import torch
+    import transformers  # imported before the first start, so every start is timed alike
+
+    transformers.utils.logging.disable_progress_bar()
 
     from priorzero.gpu.torch_memory import measure_context_bytes, own_process_bytes
 
@@ -237,9 +265,9 @@ def worker(policy: str, starts: int, device: str, nvml_index: int, budget: int, 
         with PeakSampler(nvml, nvml_index) as sampler:
             try:
                 if policy == "ours":
-                    record = start_ours(nvml, device, nvml_index, budget, context_bytes, generator)
+                    record = start_ours(nvml, checkpoint, device, budget, context_bytes, generator)
                 else:
-                    record = start_mimic(device, budget, generator)
+                    record = start_mimic(checkpoint, device, budget, profile_s, generator)
             except Exception as exc:  # a failed start is the measurement here
                 record = {"ok": False, "error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}", "reason": classify_failure(exc)}
             torch.cuda.synchronize(device)
@@ -290,9 +318,9 @@ def compare_with_nvidia_smi() -> dict[str, Any]:
     return {"doctor_exit": doctor.returncode, "doctor_stderr": doctor.stderr[-500:], "nvidia_smi": smi.stdout.strip(), "rows": rows}
 
 
-def run_policy(ctx: Any, policy: str, starts: int, device: str, nvml_index: int, budget: int, seed: int, console: Console) -> list[dict[str, Any]]:
+def run_policy(ctx: Any, policy: str, checkpoint: Path, starts: int, device: str, nvml_index: int, budget: int, profile_s: float, seed: int, console: Console) -> list[dict[str, Any]]:
     results = ctx.Queue()
-    process = ctx.Process(target=worker, args=(policy, starts, device, nvml_index, budget, seed, results))
+    process = ctx.Process(target=worker, args=(policy, checkpoint, starts, device, nvml_index, budget, profile_s, seed, results))
     process.start()
     records: list[dict[str, Any]] = []
     while True:
@@ -321,6 +349,7 @@ def startup(
     policies: Annotated[str, typer.Option("--policies", help="Comma-separated: ours, mimic.")] = "ours,mimic",
     seed: Annotated[int, typer.Option("--seed", help="Seeds the co-tenant's loop and the token ids.")] = 0,
     trace_dir: Annotated[Path | None, typer.Option("--trace-dir", help="Record NVML traces here: idle.json, then churn.json while the co-tenant churns.")] = None,
+    mimic_profile_s: Annotated[float, typer.Option("--mimic-profile-s", min=0.0, help="How long the mimic's profiling run lasts (vLLM's includes compilation and CUDA-graph warm-up).")] = 1.0,
     compare_smi: Annotated[bool, typer.Option("--compare-nvidia-smi", help="Also compare doctor --json with nvidia-smi's memory figures.")] = False,
     out: Annotated[Path | None, typer.Option("--out", help="Write the results as JSON here.")] = None,
     json_: Annotated[bool, typer.Option("--json", help="Print the results as one JSON object.")] = False,
@@ -341,14 +370,20 @@ def startup(
     needed = BudgetSpec(bytes=budget + high)
     plan = plan_placement(statuses, needed, visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES"))
     device, nvml_index = plan.lm.device, plan.lm.gpu.index  # type: ignore[union-attr]
-    console.print(f"GPU: {plan.lm.reason}")
-    result: dict[str, Any] = {"gpu": statuses[nvml_index].latest.name, "device": device, "budget_bytes": budget,
+    console.print(f"GPU {nvml_index} ({device}): it has room for our budget plus the co-tenant's largest allocation")
+    result: dict[str, Any] = {"gpu": statuses[nvml_index].latest.name, "device": device, "budget_bytes": budget, "mimic_profile_s": mimic_profile_s,
                               "cotenant": {"min_bytes": low, "max_bytes": high, "min_s": cotenant_min_s, "max_s": cotenant_max_s, "seed": seed}}  # fmt: skip
     if compare_smi:
         result["nvidia_smi_comparison"] = compare_with_nvidia_smi()
     if trace_dir:
         record_trace(nvml, trace_dir / "idle.json", 20, 0.1, {"what": "idle GPU", "gpu": result["gpu"]})
     ctx = mp.get_context("spawn")
+    checkpoint = Path(tempfile.mkdtemp(prefix="priorzero-startup-"))
+    builder = ctx.Process(target=save_random_checkpoint, args=(checkpoint, device))
+    builder.start()
+    builder.join()
+    if builder.exitcode != 0:
+        raise UserError(f"building the random-weight checkpoint failed (exit code {builder.exitcode}); see the output above")
     ready, stop, events = ctx.Event(), ctx.Event(), ctx.Value("i", 0)
     cotenant = ctx.Process(target=cotenant_loop, args=(device, seed, low, high, cotenant_min_s, cotenant_max_s, ready, stop, events))
     cotenant.start()
@@ -359,12 +394,13 @@ def startup(
             meta = {"what": f"co-tenant churning {format_size(low)}-{format_size(high)} every {cotenant_min_s}-{cotenant_max_s} s", "gpu": result["gpu"]}
             record_trace(nvml, trace_dir / "churn.json", 60, 0.1, meta)
         for policy in chosen:
-            records = run_policy(ctx, policy, starts, device, nvml_index, budget, seed, console)
+            records = run_policy(ctx, policy, checkpoint, starts, device, nvml_index, budget, mimic_profile_s, seed, console)
             result[policy] = summarise(policy, records, budget)
             result[policy + "_records"] = records
     finally:
         stop.set()
         cotenant.join(30)
+        shutil.rmtree(checkpoint, ignore_errors=True)
     result["cotenant"]["events"] = events.value
     if out:
         write_json_atomic(out, result)

@@ -31,12 +31,9 @@ class TorchMemory:
         self.device = torch.device(device)
         self.context_bytes = context_bytes if context_bytes is not None else DEFAULT_CONTEXT_BYTES
 
-    def reserved_bytes(self) -> int:
-        return torch.cuda.memory_reserved(self.device)
-
     def in_use_bytes(self) -> int:
-        """What this process holds now: CUDA context plus PyTorch's reserved pool."""
-        return self.context_bytes + self.reserved_bytes()
+        """What this process needs now: CUDA context plus live tensors (cached free blocks are reused, not added)."""
+        return self.context_bytes + torch.cuda.memory_allocated(self.device)
 
     def peak_bytes(self) -> int:
         """Context plus the allocator's peak reservation since the last reset."""
@@ -54,8 +51,13 @@ class TorchMemory:
         torch.cuda.synchronize(self.device)
         return result, torch.cuda.max_memory_allocated(self.device) - before
 
-    def probe(self, run_batch: Callable[[int], Any], small: int = 1, large: int = 2) -> tuple[int, int]:
-        """(bytes per item, fixed bytes) from the peaks of a `small` and a `large` batch (a linear fit)."""
+    def probe(self, run_batch: Callable[[int], Any], small: int = 2, large: int = 4) -> tuple[int, int]:
+        """(bytes per item, fixed bytes) from the peaks of a `small` and a `large` batch (a linear fit).
+
+        A first, unmeasured run takes the one-off allocations (cuBLAS workspaces, lazily built buffers),
+        which would otherwise land in the small batch's peak and shrink the per-item slope.
+        """
+        run_batch(small)
         _, peak_small = self.measure(lambda: run_batch(small))
         _, peak_large = self.measure(lambda: run_batch(large))
         per_item = max(1, (peak_large - peak_small) // (large - small))
