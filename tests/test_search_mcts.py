@@ -57,19 +57,20 @@ class FakeTableModel:
 
 # ---- The reference: the MuZero paper's pseudocode (Schrittwieser et al. 2020), one root at a time ----------------
 # Written to the same conventions as the batched search: the root starts with one visit holding the network's
-# value (as mctx does), min-max statistics track Q = reward + discount * value, ties go to the lowest action.
+# value (as mctx does), min-max statistics track Q = reward + discount * value, the spread they normalise by has
+# LightZero's floor (min_q_spread; 0 gives the paper's exact rule), ties go to the lowest action.
 
 
 class MinMaxStats:
-    def __init__(self):
-        self.maximum, self.minimum = -math.inf, math.inf
+    def __init__(self, min_spread: float):
+        self.maximum, self.minimum, self.min_spread = -math.inf, math.inf, min_spread
 
     def update(self, value: float) -> None:
         self.maximum, self.minimum = max(self.maximum, value), min(self.minimum, value)
 
     def normalize(self, value: float) -> float:
         if self.maximum > self.minimum:
-            return (value - self.minimum) / (self.maximum - self.minimum)
+            return (value - self.minimum) / max(self.maximum - self.minimum, self.min_spread)
         return value
 
 
@@ -122,7 +123,7 @@ def reference_search(model: FakeTableModel, game: int, prior: list[float], valid
     root = Node(0.0)
     root.children = {a: Node(prior[a]) for a in valid}
     root.visit_count, root.value_sum = 1, model.outputs(game, ())[1]
-    stats = MinMaxStats()
+    stats = MinMaxStats(params.min_q_spread)
     for _ in range(params.num_simulations):
         node, path, actions = root, [root], ()
         while node.expanded():
@@ -151,7 +152,7 @@ def hand_search(num_simulations: int):
     root = model.initial_inference(1)
     mask = torch.ones(1, 3, dtype=torch.bool)
     tree = init_tree(torch.tensor([[0.5, 0.3, 0.2]], dtype=torch.float64), root.value, mask, num_simulations)
-    return run_simulations(model, root.state, tree, SearchParams(num_simulations, discount=0.9))
+    return run_simulations(model, root.state, tree, SearchParams(num_simulations, discount=0.9, min_q_spread=0.0))
 
 
 def test_hand_tree_three_simulations():
@@ -191,6 +192,7 @@ def random_case(seed: int):
         pb_c_base=rng.choice([19652.0, 50.0, 5.0]),
         pb_c_init=rng.choice([1.25, 0.5, 3.0]),
         discount=rng.choice([0.997, 0.9, 0.5, 1.0]),
+        min_q_spread=rng.choice([0.0, 0.01, 0.5]),
     )
     return FakeTableModel(candidates, seed=seed), batch, mask, params
 
@@ -272,3 +274,4 @@ def test_qtransform_min_max():
     q = torch.tensor([[1.0, 2.0, 3.0]])
     assert qtransform_min_max(q, torch.tensor([1.0]), torch.tensor([3.0])).tolist() == [[0.0, 0.5, 1.0]]
     assert qtransform_min_max(q, torch.tensor([float("inf")]), torch.tensor([float("-inf")])).tolist() == q.tolist()
+    assert qtransform_min_max(q, torch.tensor([1.0]), torch.tensor([1.5]), min_spread=2.0).tolist() == [[0.0, 0.5, 1.0]]

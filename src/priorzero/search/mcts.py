@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from priorzero.search.interface import RecurrentOutput, SearchModel
-from priorzero.search.tree import Tree, init_tree
+from priorzero.search.tree import PRIOR, Q, VISITS, Tree
 
 
 @dataclass(frozen=True)
@@ -24,6 +24,7 @@ class SearchParams:
     pb_c_base: float = 19652.0
     pb_c_init: float = 1.25
     discount: float = 0.997
+    min_q_spread: float = 0.01  # floor on max - min when normalising Q (LightZero's value_delta_max)
 
 
 def masked_softmax(logits: Tensor, mask: Tensor) -> Tensor:
@@ -31,46 +32,60 @@ def masked_softmax(logits: Tensor, mask: Tensor) -> Tensor:
     return torch.softmax(logits.masked_fill(~mask, float("-inf")), dim=-1)
 
 
-def qtransform_min_max(q: Tensor, q_min: Tensor, q_max: Tensor) -> Tensor:
-    """MuZero's normalisation of Q by the smallest and largest Q seen in the tree; unchanged until they differ."""
-    q_min, q_max = q_min.unsqueeze(-1), q_max.unsqueeze(-1)
+def q_normaliser(q_min: Tensor, q_max: Tensor, min_spread: float) -> tuple[Tensor, Tensor]:
+    """(offset, denominator) [B, 1] of MuZero's min-max normalisation: (q - offset) / denominator.
+
+    Q stays unchanged until the tree has seen two different values; the spread is floored at min_spread so that
+    near-equal values (an untrained model) are not blown up to [0, 1].
+    """
     spread = q_max - q_min
-    normalised = (q - q_min) / torch.where(spread > 0, spread, torch.ones_like(spread))
-    return torch.where(spread > 0, normalised, q)
+    seen = spread > 0
+    offset = torch.where(seen, q_min, torch.zeros_like(q_min))
+    denominator = torch.where(seen, spread.clamp(min=max(min_spread, torch.finfo(spread.dtype).tiny)), torch.ones_like(spread))
+    return offset.unsqueeze(-1), denominator.unsqueeze(-1)
 
 
-def puct_scores(tree: Tree, node: Tensor, params: SearchParams) -> Tensor:
-    """MuZero's PUCT score of every candidate below `node` [B]; masked candidates score -inf."""
+def qtransform_min_max(q: Tensor, q_min: Tensor, q_max: Tensor, min_spread: float = 0.0) -> Tensor:
+    """Q [B, K] normalised by the smallest and largest Q seen in each game's tree."""
+    offset, denominator = q_normaliser(q_min, q_max, min_spread)
+    return (q - offset) / denominator
+
+
+def exploration_table(params: SearchParams, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """PUCT's exploration factor (log((n + base + 1) / base) + init) * sqrt(n) for parent visits n = 0..S + 1."""
+    n = torch.arange(params.num_simulations + 2, dtype=dtype, device=device)
+    return (torch.log((n + params.pb_c_base + 1) / params.pb_c_base) + params.pb_c_init) * n.sqrt()
+
+
+def puct_scores(tree: Tree, node: Tensor, exploration: Tensor, q_offset: Tensor, q_denominator: Tensor) -> Tensor:
+    """MuZero's PUCT score of every candidate below `node` [B]; masked candidates score -inf. [B, K]
+
+    exploration: `exploration_table`; q_offset, q_denominator: `q_normaliser` of the tree.
+    """
     rows = torch.arange(tree.batch_size, device=node.device)
-    prior = tree.children_prior[rows, node]
-    visits = tree.children_visits[rows, node]
-    q = tree.children_rewards[rows, node] + params.discount * tree.children_values[rows, node]
-    parent_visits = tree.node_visits[rows, node].unsqueeze(-1)
-    pb_c = torch.log((parent_visits + params.pb_c_base + 1) / params.pb_c_base) + params.pb_c_init
-    prior_score = pb_c * parent_visits.sqrt() / (visits + 1) * prior
-    value_score = torch.where(visits > 0, qtransform_min_max(q, tree.q_min, tree.q_max), torch.zeros_like(q))
-    return (prior_score + value_score).masked_fill(~tree.candidate_mask, float("-inf"))
+    prior, visits, q = tree.children_stats[rows, node].unbind(dim=1)
+    factor = exploration[tree.node_visits[rows, node].long()].unsqueeze(-1)
+    prior_score = factor / (visits + 1) * prior
+    value_score = torch.where(visits > 0, (q - q_offset) / q_denominator, 0.0)
+    return prior_score + value_score + tree.candidate_penalty
 
 
-def select_action(tree: Tree, node: Tensor, params: SearchParams) -> Tensor:
-    """The candidate with the highest PUCT score; ties go to the lowest index."""
-    return puct_scores(tree, node, params).argmax(dim=-1)
-
-
-def simulate(tree: Tree, max_steps: int, params: SearchParams) -> tuple[Tensor, Tensor, Tensor]:
-    """Walk down from the root of every game until the chosen child is unexpanded.
+def simulate(tree: Tree, max_steps: int, params: SearchParams, exploration: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Walk down from the root of every game by PUCT until the chosen child is unexpanded; ties go to the lowest index.
 
     max_steps must be at least the tree's depth + 1 (see `DepthBound`). Returns the parent of the new leaf [B], the
     action into it [B], and the path [B, max_steps] of nodes below the root down to the parent, padded with -1.
     """
     batch = tree.batch_size
-    rows = torch.arange(batch, device=tree.node_visits.device)
-    node = torch.zeros(batch, dtype=torch.long, device=rows.device)
+    device = tree.node_visits.device
+    rows = torch.arange(batch, device=device)
+    q_offset, q_denominator = q_normaliser(tree.q_min, tree.q_max, params.min_q_spread)
+    node = torch.zeros(batch, dtype=torch.long, device=device)
     action = torch.zeros_like(node)
-    active = torch.ones(batch, dtype=torch.bool, device=rows.device)
-    path = torch.full((batch, max_steps), -1, dtype=torch.long, device=rows.device)
+    active = torch.ones(batch, dtype=torch.bool, device=device)
+    path = torch.full((batch, max_steps), -1, dtype=torch.long, device=device)
     for depth in range(max_steps):
-        chosen = select_action(tree, node, params)
+        chosen = puct_scores(tree, node, exploration, q_offset, q_denominator).argmax(dim=-1)
         child = tree.children_index[rows, node, chosen]
         action = torch.where(active, chosen, action)
         active = active & (child >= 0)
@@ -84,11 +99,10 @@ def expand(tree: Tree, parent: Tensor, action: Tensor, node_index: int, step: Re
     rows = torch.arange(tree.batch_size, device=parent.device)
     dtype = tree.node_values.dtype
     tree.children_index[rows, parent, action] = node_index
-    tree.children_rewards[rows, parent, action] = step.reward.to(dtype)
     tree.node_rewards[:, node_index] = step.reward.to(dtype)
     tree.node_actions[:, node_index] = action
     tree.node_depth[:, node_index] = tree.node_depth[rows, parent] + 1
-    tree.children_prior[:, node_index] = masked_softmax(step.policy_logits.to(dtype), tree.candidate_mask)
+    tree.children_stats[:, node_index, PRIOR] = masked_softmax(step.policy_logits.to(dtype), tree.candidate_mask)
 
 
 def discount_matrix(size: int, discount: float, dtype: torch.dtype, device: torch.device) -> Tensor:
@@ -117,19 +131,21 @@ def backward(tree: Tree, path: Tensor, node_index: int, leaf_value: Tensor, disc
     to_leaf = (leaf_depth.unsqueeze(1) - depth).clamp(min=0).to(dtype)
     returns = rewards @ weights[: steps + 1, : steps + 1].T + discount**to_leaf * leaf_value.to(dtype).unsqueeze(1)
 
-    visits = tree.node_visits.gather(1, safe)
-    values = (tree.node_values.gather(1, safe) * visits + returns) / (visits + 1)
-    tree.node_visits.scatter_(1, safe, visits + 1)
+    visits = tree.node_visits.gather(1, safe) + 1
+    values = (tree.node_values.gather(1, safe) * (visits - 1) + returns) / visits
+    q = rewards + discount * values
+    tree.node_visits.scatter_(1, safe, visits)
     tree.node_values.scatter_(1, safe, values)
 
-    # Edge statistics live in the parent's row: children_*[parent, action into child].
+    # Edge statistics live in the parent's row: children_stats[parent, field, action into the child].
     edge_valid = valid[:, 1:]
     parents = torch.where(edge_valid, safe[:, :-1], tree.trash_node)
-    flat = parents * tree.num_candidates + tree.node_actions.gather(1, safe[:, 1:])
-    tree.children_visits.view(batch, -1).scatter_(1, flat, visits[:, 1:] + 1)
-    tree.children_values.view(batch, -1).scatter_(1, flat, values[:, 1:])
+    candidates = tree.num_candidates
+    flat = parents * (3 * candidates) + tree.node_actions.gather(1, safe[:, 1:])
+    stats = tree.children_stats.view(batch, -1)
+    stats.scatter_(1, flat + VISITS * candidates, visits[:, 1:])
+    stats.scatter_(1, flat + Q * candidates, q[:, 1:])
 
-    q = rewards + discount * values
     tree.q_min.copy_(torch.minimum(tree.q_min, q.masked_fill(~valid, float("inf")).amin(dim=1)))
     tree.q_max.copy_(torch.maximum(tree.q_max, q.masked_fill(~valid, float("-inf")).amax(dim=1)))
 
@@ -171,9 +187,10 @@ def run_simulations(model: SearchModel, state: object, tree: Tree, params: Searc
     """Run `params.num_simulations` simulations on a tree built by `init_tree`, in place, and return it."""
     device = tree.node_values.device
     weights = discount_matrix(params.num_simulations + 1, params.discount, tree.node_values.dtype, device)
+    exploration = exploration_table(params, tree.node_values.dtype, device)
     depth_bound = DepthBound(device, params.num_simulations)
     for simulation in range(1, params.num_simulations + 1):
-        parent, action, path = simulate(tree, depth_bound.max_steps(simulation), params)
+        parent, action, path = simulate(tree, depth_bound.max_steps(simulation), params, exploration)
         step = model.recurrent_inference(state, path, action, simulation)
         expand(tree, parent, action, simulation, step)
         backward(tree, path, simulation, step.value, params.discount, weights)

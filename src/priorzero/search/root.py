@@ -97,6 +97,8 @@ def plan(
     Without lm_prior the world model's own policy is the prior.
     """
     mask = candidate_mask.bool()
+    if not mask.any(dim=-1).all():  # one host sync, before the search
+        raise ValueError("every root needs at least one valid candidate")
     if lm_prior is None:
         prior = masked_softmax(root.policy_logits, mask)
     else:

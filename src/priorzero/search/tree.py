@@ -24,13 +24,23 @@ class Tree:
     node_actions: Tensor  # [B, N] long, action taken from the parent into the node
     node_depth: Tensor  # [B, N] long, 0 at the root
     children_index: Tensor  # [B, N, K] long, node index of each child or UNEXPANDED
-    children_prior: Tensor  # [B, N, K] prior probabilities (0 where masked)
-    children_visits: Tensor  # [B, N, K]
-    children_values: Tensor  # [B, N, K] the child's node_values (0 until visited)
-    children_rewards: Tensor  # [B, N, K]
+    children_stats: Tensor  # [B, N, 3, K] per child: prior, visits, Q = reward + discount * value (one gather)
     candidate_mask: Tensor  # [B, K] bool, which candidates exist
-    q_min: Tensor  # [B] smallest Q = reward + discount * value seen in the tree
-    q_max: Tensor  # [B] largest such Q
+    candidate_penalty: Tensor  # [B, K] 0 where a candidate exists, -inf where it does not
+    q_min: Tensor  # [B] smallest Q seen in the tree
+    q_max: Tensor  # [B] largest Q seen in the tree
+
+    @property
+    def children_prior(self) -> Tensor:  # [B, N, K] prior probabilities (0 where masked)
+        return self.children_stats[:, :, PRIOR]
+
+    @property
+    def children_visits(self) -> Tensor:  # [B, N, K]
+        return self.children_stats[:, :, VISITS]
+
+    @property
+    def children_q(self) -> Tensor:  # [B, N, K] reward + discount * the child's value (0 until visited)
+        return self.children_stats[:, :, Q]
 
     @property
     def batch_size(self) -> int:
@@ -45,6 +55,9 @@ class Tree:
         return self.node_visits.shape[1] - 1
 
 
+PRIOR, VISITS, Q = 0, 1, 2  # rows of children_stats
+
+
 def init_tree(root_prior: Tensor, root_value: Tensor, candidate_mask: Tensor, num_simulations: int) -> Tree:
     """A tree holding only the root, counted as visited once with the model's value (as mctx does).
 
@@ -54,6 +67,7 @@ def init_tree(root_prior: Tensor, root_value: Tensor, candidate_mask: Tensor, nu
     batch, candidates = root_prior.shape
     nodes = num_simulations + 2  # root, one per simulation, trash
     dtype, device = root_value.dtype, root_value.device
+    mask = candidate_mask.bool()
 
     def zeros(*shape: int) -> Tensor:
         return torch.zeros(*shape, dtype=dtype, device=device)
@@ -65,8 +79,8 @@ def init_tree(root_prior: Tensor, root_value: Tensor, candidate_mask: Tensor, nu
     node_visits[:, 0] = 1
     node_values = zeros(batch, nodes)
     node_values[:, 0] = root_value
-    children_prior = zeros(batch, nodes, candidates)
-    children_prior[:, 0] = root_prior.to(dtype)
+    children_stats = zeros(batch, nodes, 3, candidates)
+    children_stats[:, 0, PRIOR] = root_prior.to(dtype)
     return Tree(
         node_visits=node_visits,
         node_values=node_values,
@@ -74,11 +88,9 @@ def init_tree(root_prior: Tensor, root_value: Tensor, candidate_mask: Tensor, nu
         node_actions=longs(batch, nodes, fill=0),
         node_depth=longs(batch, nodes, fill=0),
         children_index=longs(batch, nodes, candidates, fill=UNEXPANDED),
-        children_prior=children_prior,
-        children_visits=zeros(batch, nodes, candidates),
-        children_values=zeros(batch, nodes, candidates),
-        children_rewards=zeros(batch, nodes, candidates),
-        candidate_mask=candidate_mask.bool(),
+        children_stats=children_stats,
+        candidate_mask=mask,
+        candidate_penalty=zeros(batch, candidates).masked_fill(~mask, float("-inf")),
         q_min=torch.full((batch,), float("inf"), dtype=dtype, device=device),
         q_max=torch.full((batch,), float("-inf"), dtype=dtype, device=device),
     )

@@ -1,0 +1,253 @@
+"""`priorzero bench mcts`: simulations per second of the batched tree search over the world model, and the share
+of search time spent outside the model (tree bookkeeping: selection, expansion, backup).
+
+Workload per cell: B games, each a root with K candidate commands (all valid), a random-weight world model of the
+configured shape (`--preset`, `--set model.*`; speed does not depend on the weights), random unit-length vectors in
+place of the text encoder's embeddings (the encoder runs once per environment step, outside the search), and the
+root prior of collection: the world model's policy mixed half and half with a peaked synthetic LM prior
+(Dirichlet(0.3) over the candidates), plus Dirichlet noise. The trees' depths are reported, since they set how long
+selection walks.
+
+Timing: one warm-up search, then the median of --repeats. Model time is measured around every
+`recurrent_inference` call: on CPU with the host clock, on a GPU with CUDA events (no synchronisation inside the
+search; the events are read after it). Bookkeeping share = 1 - model time / search time.
+On a GPU the bench also checks that the search there gives the same visit counts as on the CPU (float64, same model).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from typing import Annotated, Any
+
+import torch
+import typer
+
+from priorzero.cli import ConfigFileOpt, PresetOpt, SetOpt, resolve_config
+from priorzero.config import Config
+from priorzero.errors import UserError
+from priorzero.model.world_model import WorldModel, WorldModelShape
+from priorzero.search import RootOutput, SearchParams, plan
+from priorzero.search.interface import RecurrentOutput
+
+SYNTHETIC_LM_ALPHA = 0.3
+TEXT_DIM = 384
+
+
+class TimedModel:
+    """Wraps a model's recurrent_inference and accumulates the time spent inside it, without syncing a GPU."""
+
+    def __init__(self, model: WorldModel, device: torch.device):
+        self.model, self.on_cuda = model, device.type == "cuda"
+        self.host_seconds = 0.0
+        self.events: list[tuple[torch.cuda.Event, torch.cuda.Event]] = []
+
+    def recurrent_inference(self, *args: Any) -> RecurrentOutput:
+        if self.on_cuda:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            out = self.model.recurrent_inference(*args)
+            end.record()
+            self.events.append((start, end))
+            return out
+        began = time.perf_counter()
+        out = self.model.recurrent_inference(*args)
+        self.host_seconds += time.perf_counter() - began
+        return out
+
+    def seconds(self) -> float:
+        """Total model time; call after the search has finished (and, on a GPU, been synchronised)."""
+        return self.host_seconds + sum(start.elapsed_time(end) for start, end in self.events) / 1000
+
+
+@dataclass
+class Row:
+    device: str
+    games: int
+    simulations: int
+    candidates: int
+    search_ms: float  # median wall time of one batched search
+    simulations_per_s: float  # games * simulations / search time
+    model_ms: float  # median time inside recurrent_inference
+    bookkeeping_share: float  # 1 - model / search, median over repeats
+    mean_max_depth: float  # deepest node per game, averaged over games (last repeat)
+
+
+def model_shape(config: Config) -> WorldModelShape:
+    m = config.model
+    return WorldModelShape(TEXT_DIM, m.latent_dim, m.num_layers, m.num_heads, m.support_size)
+
+
+def synthetic_inputs(games: int, candidates: int, device: torch.device, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    def unit(*shape: int) -> torch.Tensor:
+        return torch.nn.functional.normalize(torch.randn(*shape, generator=generator), dim=-1).to(device)
+
+    lm_prior = torch.distributions.Dirichlet(torch.full((candidates,), SYNTHETIC_LM_ALPHA)).sample((games,))
+    return dict(
+        observations=unit(games, 1, TEXT_DIM),
+        past_actions=unit(games, 0, TEXT_DIM),
+        context_mask=torch.ones(games, 1, dtype=torch.bool, device=device),
+        candidates=unit(games, candidates, TEXT_DIM),
+        candidate_mask=torch.ones(games, candidates, dtype=torch.bool, device=device),
+        lm_prior=lm_prior.to(device),
+    )
+
+
+def one_search(model: WorldModel, inputs: dict[str, torch.Tensor], params: SearchParams, config: Config, stepper: Any = None):
+    """One search as collection runs it; `stepper` (default: the model) answers the search's recurrent_inference."""
+    root: RootOutput = model.initial_inference(
+        inputs["observations"], inputs["past_actions"], inputs["context_mask"], inputs["candidates"], params.num_simulations
+    )
+    return plan(
+        stepper or model,
+        root,
+        inputs["candidate_mask"],
+        params,
+        lm_prior=inputs["lm_prior"],
+        prior_mode="mix",
+        lm_weight=0.5,
+        noise_alpha=config.search.root_dirichlet_alpha,
+        noise_fraction=config.search.root_noise_fraction,
+        temperature=config.search.collect_temperature,
+    )
+
+
+def search_params(config: Config, simulations: int) -> SearchParams:
+    s = config.search
+    return SearchParams(simulations, s.pb_c_base, s.pb_c_init, s.discount, s.min_q_spread)
+
+
+def run_cell(model: WorldModel, device: torch.device, games: int, simulations: int, candidates: int, repeats: int, config: Config) -> Row:
+    generator = torch.Generator().manual_seed(games * 1000 + simulations)
+    inputs = synthetic_inputs(games, candidates, device, generator)
+    params = search_params(config, simulations)
+    one_search(model, inputs, params, config)  # warm-up
+    totals, model_times, shares = [], [], []
+    for _ in range(repeats):
+        timed = TimedModel(model, device)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        began = time.perf_counter()
+        out = one_search(model, inputs, params, config, stepper=timed)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        total = time.perf_counter() - began
+        totals.append(total)
+        model_times.append(timed.seconds())
+        shares.append(1 - model_times[-1] / total)
+    depth = out.tree.node_depth.max(dim=1).values.float().mean().item()
+    search_s = statistics.median(totals)
+    return Row(
+        device=str(device),
+        games=games,
+        simulations=simulations,
+        candidates=candidates,
+        search_ms=1000 * search_s,
+        simulations_per_s=games * simulations / search_s,
+        model_ms=1000 * statistics.median(model_times),
+        bookkeeping_share=statistics.median(shares),
+        mean_max_depth=depth,
+    )
+
+
+def cuda_matches_cpu(model: WorldModel, device: torch.device, config: Config, games: int = 8, simulations: int = 50) -> bool:
+    """The same search (float64, no noise, same model and inputs) gives the same visit counts on the GPU and the CPU."""
+    counts = []
+    inputs = synthetic_inputs(games, 55, torch.device("cpu"), torch.Generator().manual_seed(7))
+    for where in (torch.device("cpu"), device):
+        replica = WorldModel(model.shape).double().to(where)
+        replica.load_state_dict(model.state_dict())
+        moved = {k: (v.double() if v.is_floating_point() else v).to(where) for k, v in inputs.items()}
+        root = replica.initial_inference(moved["observations"], moved["past_actions"], moved["context_mask"], moved["candidates"], simulations)
+        out = plan(replica, root, moved["candidate_mask"], search_params(config, simulations), lm_prior=moved["lm_prior"], temperature=0.0)
+        counts.append(out.visit_counts.cpu())
+    return torch.equal(counts[0], counts[1])
+
+
+def _ints(text: str, option: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise UserError(f"{option} expects comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise UserError(f"{option} expects positive integers, got {text!r}")
+    return values
+
+
+def _devices(text: str) -> list[torch.device]:
+    names = [d.strip() for d in text.split(",") if d.strip()]
+    if not names:
+        names = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    devices = []
+    for name in names:
+        try:
+            device = torch.device(name)
+        except RuntimeError:
+            raise UserError(f"--devices: {name!r} is not a device; use cpu, cuda or cuda:N") from None
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise UserError(f"--devices asks for {name} but torch sees no CUDA GPU; run 'priorzero doctor'")
+        if device.type not in ("cpu", "cuda"):
+            raise UserError(f"--devices: {name!r} is not supported; use cpu, cuda or cuda:N")
+        devices.append(device)
+    return devices
+
+
+def _print_table(rows: list[Row], title: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    for column in ("device", "games", "sims", "search ms", "sims/s", "model ms", "bookkeeping", "depth"):
+        table.add_column(column, justify="left" if column == "device" else "right")
+    for r in rows:
+        table.add_row(
+            r.device, str(r.games), str(r.simulations), f"{r.search_ms:.1f}", f"{r.simulations_per_s:,.0f}",
+            f"{r.model_ms:.1f}", f"{100 * r.bookkeeping_share:.0f}%", f"{r.mean_max_depth:.1f}",
+        )  # fmt: skip
+    Console().print(table)
+
+
+def register(bench_app: typer.Typer) -> None:
+    @bench_app.command("mcts")
+    def mcts(
+        preset: PresetOpt = None,
+        config_file: ConfigFileOpt = None,
+        set_: SetOpt = None,
+        devices: Annotated[str, typer.Option("--devices", help="Comma-separated devices; default: cpu, and cuda when there is one.")] = "",
+        games: Annotated[str, typer.Option("--games", "-B", help="Games searched together, comma-separated.")] = "1,8,32",
+        simulations: Annotated[str, typer.Option("--simulations", "-S", help="Simulations per search, comma-separated.")] = "25,50",
+        candidates: Annotated[int, typer.Option("--candidates", "-K", min=1, help="Candidate commands per root.")] = 55,
+        repeats: Annotated[int, typer.Option("--repeats", min=1, help="Timed searches per cell (median reported), after one warm-up.")] = 5,
+        threads: Annotated[int, typer.Option("--threads", min=1, help="CPU threads for torch (the search's tensors are small: 1 is fastest on a shared machine).")] = 1,
+        seed: Annotated[int, typer.Option("--seed", help="Seed of the random-weight world model.")] = 0,
+        as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of the table.")] = False,
+    ) -> None:
+        """Time the batched search over a random-weight world model and its share of tree bookkeeping."""
+        config = resolve_config(preset=preset, config_file=config_file, overrides=set_)
+        cells = [(b, s) for b in _ints(games, "--games") for s in _ints(simulations, "--simulations")]
+        chosen = _devices(devices)
+        torch.set_num_threads(threads)
+        torch.manual_seed(seed)
+        shape = model_shape(config)
+        base = WorldModel(shape).eval()
+        rows: list[Row] = []
+        checks: dict[str, bool] = {}
+        from rich.progress import track
+
+        work = [(device, b, s) for device in chosen for b, s in cells]
+        for device, b, s in track(work, description="bench mcts", transient=True, disable=as_json):
+            model = base.to(device)
+            rows.append(run_cell(model, device, b, s, candidates, repeats, config))
+        for device in chosen:
+            if device.type == "cuda":
+                checks[str(device)] = cuda_matches_cpu(base.cpu(), device, config)
+        machines = {str(d): torch.cuda.get_device_name(d) if d.type == "cuda" else f"cpu ({threads} thread{'s' * (threads > 1)})" for d in chosen}
+        header = dict(model=asdict(shape), machines=machines, repeats=repeats, torch=torch.__version__, cuda_matches_cpu=checks)
+        if as_json:
+            print(json.dumps({**header, "rows": [asdict(r) for r in rows]}, indent=2))
+            return
+        _print_table(rows, f"bench mcts: latent {shape.latent_dim}, {shape.num_layers} layers, K={candidates}, median of {repeats}")
+        for device, ok in checks.items():
+            typer.echo(f"{device}: visit counts {'match' if ok else 'DIFFER FROM'} the CPU's on the same search")
