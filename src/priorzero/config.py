@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from priorzero.errors import UserError
 
@@ -52,10 +52,26 @@ class SearchConfig(_Section):
     root_noise_fraction: float = Field(0.25, ge=0, le=1)
     prior_mode: Literal["replace", "mix", "adaptive"] = "mix"
     prior_mix_weight: float = Field(0.5, ge=0, le=1, description="Weight of the LM prior in 'mix' mode.")
+    min_q_spread: float = Field(0.01, ge=0, description="Floor on max - min Q when normalising (0: the MuZero paper's rule).")
+    collect_temperature: float = Field(1.0, ge=0, description="Visit-count temperature for the action while collecting (evaluation uses 0).")
 
 
 class ModelConfig(_Section):
-    latent_dim: int = Field(128, ge=8)
+    latent_dim: int = Field(128, ge=8, description="Width of latents and of the dynamics transformer.")
+    num_layers: int = Field(2, ge=1, description="Transformer blocks in the dynamics.")
+    num_heads: int = Field(4, ge=1, description="Attention heads; latent_dim / num_heads must be even.")
+    context_window: int = Field(4, ge=1, description="Past observations (the root included) the search's root context holds.")
+    support_size: int = Field(30, ge=1, description="Value and reward are categorical over -S..S after MuZero's h().")
+    value_loss_weight: float = Field(0.25, ge=0)
+    reward_loss_weight: float = Field(1.0, ge=0)
+    policy_loss_weight: float = Field(1.0, ge=0)
+    latent_loss_weight: float = Field(2.0, ge=0, description="Weight of the latent-consistency loss.")
+
+    @model_validator(mode="after")
+    def _heads_split_width(self) -> "ModelConfig":
+        if self.latent_dim % self.num_heads or (self.latent_dim // self.num_heads) % 2:
+            raise ValueError(f"model.latent_dim ({self.latent_dim}) must split into model.num_heads ({self.num_heads}) heads of even width")
+        return self
 
 
 class TrainConfig(_Section):
@@ -113,6 +129,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "env": {"num_envs": 16, "max_episode_steps": 100},
         "llm": {"device": "auto"},
         "search": {"num_simulations": 50},
+        "model": {"latent_dim": 768, "num_layers": 2, "num_heads": 8},
     },
 }
 
