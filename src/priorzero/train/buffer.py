@@ -20,7 +20,7 @@ import numpy as np
 class StepRecord:
     observation: str  # the game's text before the action
     commands: list[str]  # the valid commands, in the order prior and visit counts use
-    prompt: str  # what the language model read
+    prompt_ids: list[int]  # the token ids the language model read (decode them to see the prompt)
     prior: list[float]  # the language model's prior over `commands`
     root_value: float  # the search's value of this state
     visit_counts: list[int]  # the search's visits per command
@@ -31,6 +31,7 @@ class StepRecord:
     game: str = ""  # which game the step came from
     episode: int = 0  # episode counter of the collector
     t: int = 0  # step index inside the episode
+    value_target: float = 0.0  # n-step return from this step, set when the episode enters the buffer
 
     @property
     def command(self) -> str:
@@ -44,6 +45,24 @@ class StepRecord:
 
 
 Segment = list[StepRecord]
+
+
+def n_step_returns(episode: list[StepRecord], n: int, discount: float) -> list[float]:
+    """Per step t: sum_{k<n} discount^k r_{t+k} + discount^n root_value_{t+n}, cut at the episode's end.
+
+    The episode's end counts as terminal, truncation included (a step limit is not in the observation), so
+    nothing bootstraps past the last step.
+    """
+    rewards = [record.reward for record in episode]
+    values = [record.root_value for record in episode]
+    returns = []
+    for t in range(len(episode)):
+        end = min(t + n, len(episode))
+        total = sum(discount ** (k - t) * rewards[k] for k in range(t, end))
+        if end < len(episode):
+            total += discount ** (end - t) * values[end]
+        returns.append(total)
+    return returns
 
 
 def split_into_segments(episode: list[StepRecord], length: int) -> list[Segment]:
@@ -63,7 +82,10 @@ class ReplayBuffer:
     def __len__(self) -> int:
         return self.num_steps
 
-    def add_episode(self, episode: list[StepRecord]) -> None:
+    def add_episode(self, episode: list[StepRecord], td_steps: int, discount: float) -> None:
+        """Store a finished episode, setting each record's n-step `value_target`."""
+        for record, target in zip(episode, n_step_returns(episode, td_steps, discount)):
+            record.value_target = target
         for segment in split_into_segments(episode, self.segment_length):
             self.segments.append(segment)
             self.num_steps += len(segment)

@@ -1,0 +1,151 @@
+"""Fine-tuning the language model from what the search found, through the same packed scorer the prior uses.
+
+For a sampled step with prior p over its valid commands (log p with gradients), the loss is
+
+    visit_loss_weight * CE(visit distribution, p)                  (a) follow the search
+  + pg_loss_weight    * -A * log p(executed command)               (b) policy gradient
+  + kl_loss_weight    * KL(p || p_initial)                         (c) stay near the initial model
+
+with A = n-step return - the world model's value of the state (the search's root value when the step was
+collected), normalised over the batch and clipped. LoRA adapters (peft) by default, so p_initial is the same
+model with its adapter disabled; full fine-tuning keeps a frozen copy. The model object is the one the
+collector scores with, so the next collection uses the updated weights; `PriorModel.version` counts updates.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+
+from priorzero.config import SearchConfig, TrainConfig
+from priorzero.gpu.budget import parse_size
+from priorzero.train.agents import PriorModel
+from priorzero.train.buffer import ReplayBuffer, Segment, StepRecord
+from priorzero.train.microbatch import ActivationPlan, accumulate
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LMExample:
+    record: StepRecord
+    advantage: float  # normalised and clipped
+
+
+def normalised_advantages(records: Sequence[StepRecord], clip: float) -> list[float]:
+    """(return - value), standardised over the batch, clipped to +-clip."""
+    raw = np.array([r.value_target - r.root_value for r in records], dtype=np.float64)
+    std = raw.std()
+    standardised = (raw - raw.mean()) / std if std > 1e-8 else np.zeros_like(raw)
+    return np.clip(standardised, -clip, clip).tolist()
+
+
+class LMLearner:
+    def __init__(self, prior: PriorModel, train_config: TrainConfig) -> None:
+        self.prior = prior
+        self.config = train_config
+        model = prior.lm.model
+        if train_config.lm_finetune == "lora":
+            from peft import LoraConfig, get_peft_model
+
+            lora = LoraConfig(r=train_config.lora_rank, lora_alpha=train_config.lora_alpha, lora_dropout=0.0)
+            model = get_peft_model(model, lora)
+            prior.lm.model = model  # the collector scores with the adapter from now on
+            self._initial = None  # the initial model is this one with its adapter disabled
+        else:
+            self._initial = copy.deepcopy(model).requires_grad_(False)
+        model.eval()  # no dropout: the prior that trains is the prior the search used
+        self.parameters = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(self.parameters, lr=train_config.lm_lr)
+        self.micro_batch = train_config.lm_micro_batch
+        self.budget_bytes = parse_size(train_config.lm_memory_budget) if train_config.lm_memory_budget else None
+        self.activation_plan = ActivationPlan.for_model(prior.lm.model.get_base_model() if self._initial is None else model)
+        self.oom_retries = 0
+
+    @contextmanager
+    def _initial_model(self) -> Iterator[None]:
+        """Score with the initial weights inside this block."""
+        if self._initial is None:
+            with self.prior.lm.model.disable_adapter():
+                yield
+        else:
+            current, self.prior.lm.model = self.prior.lm.model, self._initial
+            try:
+                yield
+            finally:
+                self.prior.lm.model = current
+
+    def update(self, buffer: ReplayBuffer, rng: np.random.Generator) -> dict[str, float]:
+        """One optimiser step on `lm_batch_size` steps sampled from the buffer; returns the losses."""
+        records = [segment[position] for segment, position in buffer.sample_steps(self.config.lm_batch_size, rng)]
+        records = [r for r in records if len(r.commands) > 1 and r.visit_counts]  # one command teaches nothing
+        if not records:
+            return {}
+        examples = [LMExample(r, a) for r, a in zip(records, normalised_advantages(records, self.config.advantage_clip))]
+        self.optimizer.zero_grad(set_to_none=True)
+        metrics, used = accumulate(examples, self.micro_batch, self._backward, self._planned_bytes, self.budget_bytes, self._zero_grad)
+        if used != self.micro_batch:
+            self.oom_retries += 1
+            self.micro_batch = used
+        metrics["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.parameters, self.config.grad_clip))
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.prior.version += 1
+        metrics["micro_batch"] = float(self.micro_batch)
+        return metrics
+
+    def _zero_grad(self) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def _planned_bytes(self, chunk: Sequence[LMExample]) -> int:
+        tokens = scored = 0
+        for example in chunk:
+            candidate_tokens = sum(len(ids) for ids in self.prior.candidate_ids(example.record.commands))
+            tokens += len(example.record.prompt_ids) + candidate_tokens
+            scored += candidate_tokens
+        return self.activation_plan.planned_bytes(tokens, scored)
+
+    def _backward(self, chunk: Sequence[LMExample], weight: float) -> dict[str, float]:
+        prompts = [e.record.prompt_ids for e in chunk]
+        commands = [e.record.commands for e in chunk]
+        with torch.no_grad(), self._initial_model():
+            initial = self.prior.log_priors_with_grad(prompts, commands)
+        current = self.prior.log_priors_with_grad(prompts, commands)
+        visit_ce, pg, kl = [], [], []
+        for example, log_p, log_p0 in zip(chunk, current, initial):
+            visits = torch.tensor(example.record.visit_policy(), device=log_p.device)
+            visit_ce.append(-(visits * log_p).sum())
+            pg.append(-example.advantage * log_p[example.record.action])
+            kl.append((log_p.exp() * (log_p - log_p0)).sum())
+        losses = {"visit_ce": torch.stack(visit_ce).mean(), "pg": torch.stack(pg).mean(), "kl": torch.stack(kl).mean()}
+        total = (
+            self.config.visit_loss_weight * losses["visit_ce"]
+            + self.config.pg_loss_weight * losses["pg"]
+            + self.config.kl_loss_weight * losses["kl"]
+        )
+        (total * weight).backward()
+        return {"loss": float(total), **{name: float(value) for name, value in losses.items()}}
+
+    def state_dict(self) -> dict:
+        trainable = {name: p.detach().cpu() for name, p in self.prior.lm.model.named_parameters() if p.requires_grad}
+        return {"weights": trainable, "optimizer": self.optimizer.state_dict(), "version": self.prior.version, "micro_batch": self.micro_batch}
+
+    def load_state_dict(self, state: dict) -> None:
+        named = dict(self.prior.lm.model.named_parameters())
+        missing = set(named_trainable := {n for n, p in named.items() if p.requires_grad}) ^ set(state["weights"])
+        if missing:
+            from priorzero.errors import UserError
+
+            raise UserError(f"checkpoint's language-model weights do not match this model ({len(missing)} names differ); use the run's config")
+        with torch.no_grad():
+            for name, value in state["weights"].items():
+                named[name].copy_(value)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.prior.version = state["version"]
+        self.micro_batch = state["micro_batch"]
