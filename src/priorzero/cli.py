@@ -89,9 +89,9 @@ def _root() -> None:
 
 
 def _register_commands() -> None:
-    from priorzero.commands import bench, config_cmd, doctor
+    from priorzero.commands import bench, config_cmd, doctor, games, play
 
-    for module in (config_cmd, bench, doctor):
+    for module in (config_cmd, bench, doctor, games, play):
         module.register(app)
 
 

@@ -47,8 +47,12 @@ def check_story_file(path: Path) -> None:
         problem = f"its first byte ({data[0]}) is not a Z-machine version (1-8)"
     else:
         declared = int.from_bytes(data[0x1A:0x1C], "big") * _LENGTH_UNIT[data[0]]
+        # Dictionary, object table, globals and the start of static memory: all inside the file.
+        tables = [int.from_bytes(data[offset : offset + 2], "big") for offset in (0x08, 0x0A, 0x0C, 0x0E)]
         if declared > len(data):
             problem = f"its header declares {declared} bytes but the file has {len(data)} (truncated?)"
+        elif not all(64 <= address < len(data) for address in tables):
+            problem = "its header's table addresses point outside the file"
     if problem:
         raise UserError(f"{path} is not a Z-machine story file: {problem}; pass a .z3/.z5/.z8 game file")
 
@@ -129,8 +133,9 @@ class JerichoGame:
 
     def _observe(self, text: str) -> Observation:
         env = self._env
-        location = env.get_player_location()
-        inventory = ", ".join(item.name for item in env.get_inventory())
+        # Jericho finds the player object only in games it supports.
+        location = env.get_player_location() if self.supported else None
+        inventory = ", ".join(item.name for item in env.get_inventory()) if self.supported else ""
         return Observation(
             text=text.strip(),
             valid_commands=self.valid_commands_now() if self.valid_commands else [],
