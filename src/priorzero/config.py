@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from priorzero.errors import UserError
 
@@ -109,6 +109,27 @@ class TrainConfig(_Section):
     )
 
 
+class GPUConfig(_Section):
+    train_memory: str | None = Field(None, description="Trainer's budget on its GPU: bytes ('20GiB') or a fraction of free memory ('0.3'); default: share the LM's GPU.")
+    start_attempts: int = Field(3, ge=1, description="Start attempts per GPU before moving to the next GPU.")
+    start_backoff_s: float = Field(2.0, gt=0, description="Wait after the first failed start; doubles after each further failure.")
+    stable_window_s: float = Field(2.0, gt=0, description="Before a retry, the GPU's free memory must hold still this long.")
+    fallback_to_hf: bool = Field(True, description="When every vLLM start fails, start the transformers backend instead.")
+
+    @field_validator("train_memory", mode="before")
+    @classmethod
+    def _budget_parses(cls, value: object) -> str | None:
+        if value is not None:
+            from priorzero.gpu.budget import parse_budget
+
+            value = str(value)  # YAML reads '0.3' as a number
+            try:
+                parse_budget(value)
+            except UserError as exc:
+                raise ValueError(str(exc)) from None
+        return value
+
+
 class Config(_Section):
     run: RunConfig = RunConfig()
     env: EnvConfig = EnvConfig()
@@ -116,6 +137,7 @@ class Config(_Section):
     search: SearchConfig = SearchConfig()
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
+    gpu: GPUConfig = GPUConfig()
 
 
 # Presets are partial configs layered over the defaults.
