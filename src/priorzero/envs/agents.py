@@ -59,6 +59,7 @@ class HumanAgent:
             print("> ", end="", file=self.stdout, flush=True)
             line = self.stdin.readline()
             if not line or line.strip().lower() in self.QUIT:  # end of input or quit
+                print(file=self.stdout)
                 return None
             text = line.strip()
             if text.isdigit() and commands:
