@@ -27,6 +27,7 @@ from priorzero.gpu.budget import BudgetSpec, format_size
 from priorzero.gpu.inventory import GpuStatus
 from priorzero.gpu.nvml import NvmlLike, NvmlUnavailable
 from priorzero.gpu.placement import PlacementPlan, plan_placement
+from priorzero.gpu.visible import parse_visible_devices
 
 ENV_VARS = (
     "CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER", "PYTORCH_CUDA_ALLOC_CONF", "VLLM_USE_V1", "RAY_ADDRESS",
@@ -117,12 +118,11 @@ def _recommend(
     """The placement a run would get now. Bad options raise; a bad CUDA_VISIBLE_DEVICES is reported."""
     visible = environ.get("CUDA_VISIBLE_DEVICES")
     try:
-        plan: PlacementPlan = plan_placement(gpus, lm_budget, train_budget, device, visible, no_gpu_reason=f"NVML {nvml_text}")
+        parse_visible_devices(visible, [g.latest for g in gpus])
     except UserError as exc:
-        if visible is not None and "CUDA_VISIBLE_DEVICES" in str(exc):
-            problems.append(str(exc))
-            return None
-        raise
+        problems.append(str(exc))
+        return None
+    plan: PlacementPlan = plan_placement(gpus, lm_budget, train_budget, device, visible, no_gpu_reason=f"NVML {nvml_text}")
     lm, train = plan.lm, plan.train
     return Recommendation(
         device=lm.device,
@@ -279,7 +279,8 @@ def render(report: DoctorReport) -> Group:
         parts.append(Text.assemble(("Recommended: ", "bold"), (rec.device, "bold green"), f" — {rec.reason}"))
         if rec.train_device and rec.train_reason and rec.train_device != "cpu":
             parts.append(Text.assemble(("Trainer: ", "bold"), rec.train_device, f" — {rec.train_reason}"))
-    parts.append(_backend_table(report.backends))
+    if report.backends:
+        parts.append(_backend_table(report.backends))
     parts.append(_env_table(report.environment))
     for problem in report.problems:
         parts.append(Text(f"problem: {problem}", style="bold red"))

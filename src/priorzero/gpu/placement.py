@@ -19,9 +19,11 @@ from filelock import FileLock, Timeout
 
 from priorzero import paths
 from priorzero.errors import UserError
-from priorzero.gpu.budget import MiB, BudgetSpec, budget_problem, format_size, resolve_budget
+from priorzero.gpu import inventory
+from priorzero.gpu.budget import MiB, BudgetSpec, budget_problem, format_size, parse_budget, resolve_budget
 from priorzero.gpu.inventory import GpuStatus
-from priorzero.gpu.visible import VisibleDevice, parse_device, parse_visible_devices
+from priorzero.gpu.nvml import NvmlLike, NvmlUnavailable, open_nvml
+from priorzero.gpu.visible import VisibleDevice, ensure_pci_bus_order, parse_device, parse_visible_devices
 
 log = logging.getLogger(__name__)
 
@@ -159,6 +161,29 @@ def _train_placement(
             f"{lm.device}'s {format_size(lm.gpu.free_min_bytes)} free and no other GPU holds the trainer; lower a budget"
         )
     return others[0]
+
+
+def place_for_run(
+    device: str = "auto",
+    lm_memory: str | None = None,
+    train_memory: str | None = None,
+    nvml: NvmlLike | NvmlUnavailable | None = None,
+    samples: int = 5,
+    interval_s: float = 0.2,
+) -> PlacementPlan:
+    """The placement a run uses (from `llm.device`, `llm.gpu_memory`, `gpu.train_memory`), read from NVML now.
+
+    Sets CUDA_DEVICE_ORDER=PCI_BUS_ID (unless the user set it) before anything touches CUDA, so the
+    'cuda:N' it returns means the GPU NVML and nvidia-smi call N (within CUDA_VISIBLE_DEVICES).
+    """
+    ensure_pci_bus_order()
+    nvml = open_nvml() if nvml is None else nvml
+    lm_budget = parse_budget(lm_memory) if lm_memory is not None else None
+    train_budget = parse_budget(train_memory) if train_memory is not None else None
+    if isinstance(nvml, NvmlUnavailable):
+        return plan_placement([], lm_budget, train_budget, device, visible_devices_from_env(), f"NVML unavailable: {nvml.reason}")
+    statuses = inventory.sample(nvml, samples, interval_s)
+    return plan_placement(statuses, lm_budget, train_budget, device, visible_devices_from_env())
 
 
 def lock_path(uuid: str) -> Path:

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 import priorzero.gpu.budget as budget
+from priorzero.config import GPUConfig
 from priorzero.errors import UserError
 from priorzero.gpu.nvml import NvmlLike
 from priorzero.gpu.placement import Placement, gpu_init_lock
@@ -54,6 +55,10 @@ class StartPolicy:
     stable_tolerance_bytes: int = 256 * budget.MiB
     stable_timeout_s: float = 60.0  # give up waiting for quiet after this long and retry anyway
     lock_timeout_s: float = 600.0
+
+    @classmethod
+    def from_config(cls, gpu: GPUConfig) -> StartPolicy:
+        return cls(attempts_per_gpu=gpu.start_attempts, backoff_s=gpu.start_backoff_s, stable_window_s=gpu.stable_window_s)
 
 
 @dataclass(frozen=True)
