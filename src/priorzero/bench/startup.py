@@ -169,7 +169,7 @@ class PeakSampler:
 def start_ours(nvml: Any, checkpoint: Path, device: str, budget: int, context_bytes: int, generator: Any) -> dict[str, Any]:
     import torch
 
-    from priorzero.gpu.torch_memory import TorchMemory
+    from priorzero.gpu.torch_memory import TorchMemory, measure_context_bytes, own_process_bytes
 
     t0 = time.perf_counter()
     statuses = inventory.sample(nvml, samples=3, interval_s=0.05)
@@ -182,6 +182,8 @@ def start_ours(nvml: Any, checkpoint: Path, device: str, budget: int, context_by
     memory = TorchMemory(placement.budget_bytes or budget, placement.device, context_bytes)
     weights = torch.cuda.memory_allocated(placement.device)
     per_item, fixed = memory.probe(lambda n: score(model, n, placement.device, generator))
+    # The CUDA context grows as kernels load lazily; recount it (NVML, this process only) after the probe ran them.
+    memory.context_bytes = measure_context_bytes(own_process_bytes(nvml, placement.gpu.index), placement.device)  # type: ignore[union-attr]
     score_batch = memory.micro_batch(per_item, fixed)
     score(model, score_batch, placement.device, generator)
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-4)
@@ -193,7 +195,7 @@ def start_ours(nvml: Any, checkpoint: Path, device: str, budget: int, context_by
     return {
         "ok": True, "ready_s": ready_s, "failed_attempts": [a.reason for a in started.failed_attempts],
         "score_batch": score_batch, "train_batch": train_batch, "score_item_bytes": per_item,
-        "train_item_bytes": per_item_t, "report": report.summary(),
+        "train_item_bytes": per_item_t, "context_after_probe_bytes": memory.context_bytes, "report": report.summary(),
     }  # fmt: skip
 
 

@@ -1,0 +1,38 @@
+"""TorchMemory on a real GPU: micro-batches sized from probes keep the process inside its budget.
+
+Needs CUDA (skipped on the CPU-only CI machine); `priorzero bench startup` measures the same on an H100.
+"""
+
+import pytest
+import torch
+
+from priorzero.gpu.budget import GiB, MiB
+from priorzero.gpu.torch_memory import DEFAULT_CONTEXT_BYTES, TorchMemory, measure_context_bytes
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU; this machine has none"),
+]
+
+
+def test_micro_batch_stays_inside_the_budget():
+    device = "cuda:0"
+    layer = torch.nn.Sequential(torch.nn.Linear(4096, 16384), torch.nn.GELU(), torch.nn.Linear(16384, 4096)).to(device)
+
+    def run(n):
+        x = torch.randn(n, 512, 4096, device=device)
+        layer(x).square().mean().backward()
+
+    budget = 4 * GiB
+    memory = TorchMemory(budget, device, context_bytes=DEFAULT_CONTEXT_BYTES)
+    per_item, fixed = memory.probe(run)
+    assert per_item > 16 * MiB
+    batch = memory.micro_batch(per_item, fixed)
+    memory.reset_peak()
+    run(batch)
+    assert memory.peak_bytes() <= budget * 1.05
+    assert batch >= 2
+
+
+def test_context_measurement_without_nvml_falls_back():
+    assert measure_context_bytes(None, "cuda:0") == DEFAULT_CONTEXT_BYTES
