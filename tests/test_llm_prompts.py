@@ -1,0 +1,80 @@
+"""Prompts: token budget, history truncation (counted), valid-command list, determinism, candidate encoding."""
+
+import copy
+
+import pytest
+
+from priorzero.config import LLMConfig
+from priorzero.errors import UserError
+from priorzero.llm.loading import EMBEDDED_MODEL, resolve_model_source
+from priorzero.llm.prompts import build_prompt, encode_candidates
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(resolve_model_source(EMBEDDED_MODEL))
+
+
+HISTORY = [(f"go {d}", f"You walk {d}. " + "The corridor is long and dusty. " * 6) for d in ("north", "east", "south", "west", "up")]
+OBSERVATION = "Kitchen\nYou are in a kitchen. A closed fridge stands here. There is a knife on the table."
+VALID = ["open fridge", "take knife", "go north", "look"]
+
+
+def test_deterministic_and_holds_the_parts(tokenizer):
+    config = LLMConfig(history_steps=2)
+    first = build_prompt(tokenizer, HISTORY, OBSERVATION, VALID, config)
+    second = build_prompt(copy.deepcopy(tokenizer), list(HISTORY), OBSERVATION, list(VALID), config)
+    assert first == second
+    text = tokenizer.decode(first.token_ids)
+    assert "> go west" in text and "> go up" in text and "> go south" not in text  # the last 2 steps only
+    assert "Valid commands: open fridge, take knife, go north, look" in text
+    assert text.rstrip().endswith("<|im_start|>assistant")
+    assert first.truncated_steps == 0
+
+
+def test_valid_list_can_be_left_out(tokenizer):
+    text = tokenizer.decode(build_prompt(tokenizer, [], OBSERVATION, VALID, LLMConfig(show_valid_commands=False)).token_ids)
+    assert "Valid commands" not in text and "open fridge" not in text
+
+
+def test_budget_drops_oldest_history_first_and_counts(tokenizer):
+    full = build_prompt(tokenizer, HISTORY, OBSERVATION, VALID, LLMConfig(history_steps=5, prompt_tokens=4096))
+    no_history = build_prompt(tokenizer, [], OBSERVATION, VALID, LLMConfig(history_steps=5, prompt_tokens=4096))
+    budget = (len(full.token_ids) + len(no_history.token_ids)) // 2
+    result = build_prompt(tokenizer, HISTORY, OBSERVATION, VALID, LLMConfig(history_steps=5, prompt_tokens=budget))
+    assert len(result.token_ids) <= budget
+    assert 0 < result.truncated_steps < 5
+    text = tokenizer.decode(result.token_ids)
+    assert "> go up" in text and "> go north" not in text  # newest kept, oldest gone
+
+
+def test_long_observation_keeps_its_end(tokenizer):
+    observation = "Filler sentence number {}. " * 1 + " ".join(f"Line {i} of the long intro." for i in range(300)) + " THE END."
+    result = build_prompt(tokenizer, HISTORY, observation, VALID, LLMConfig(history_steps=3, prompt_tokens=200))
+    assert len(result.token_ids) <= 200
+    assert result.truncated_steps == 3 and result.truncated_observation_tokens > 0
+    text = tokenizer.decode(result.token_ids)
+    assert "THE END." in text and "Line 0 of" not in text
+
+
+def test_budget_too_small_for_the_valid_list_is_a_user_error(tokenizer):
+    many = [f"take the small brass object number {i}" for i in range(60)]
+    with pytest.raises(UserError, match="llm.prompt_tokens"):
+        build_prompt(tokenizer, [], OBSERVATION, many, LLMConfig(prompt_tokens=100))
+
+
+def test_candidates_end_with_the_end_of_turn_token(tokenizer):
+    encoded = encode_candidates(tokenizer, ["take knife", "  look "])
+    end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    assert all(ids[-1] == end for ids in encoded)
+    assert tokenizer.decode(encoded[1][:-1]) == "look"
+
+
+def test_base_model_layout_without_chat_template(tokenizer):
+    base = copy.deepcopy(tokenizer)
+    base.chat_template = None
+    text = base.decode(build_prompt(base, HISTORY[:1], OBSERVATION, VALID, LLMConfig()).token_ids)
+    assert text.endswith("\n> ") and "Current observation:" in text
+    assert base.decode(encode_candidates(base, ["take knife"])[0]) == " take knife"
