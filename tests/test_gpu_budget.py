@@ -80,6 +80,7 @@ def test_calibration_cache_round_trip(tmp_path):
     key = calibration.CalibrationKey("Qwen2.5-0.5B", "NVIDIA H100 80GB HBM3", "0.11.0", 2048)
     other = calibration.CalibrationKey("Qwen2.5-0.5B", "NVIDIA H200", "0.11.0", 2048)
     assert calibration.load(key, path) is None
+    assert calibration.first_start_headroom(20 * GiB) == 4 * GiB and calibration.first_start_headroom(2 * GiB) == GiB
     measured = calibration.measure_from_process(process_bytes=10 * GiB, weights_bytes=GiB, kv_cache_bytes=7 * GiB)
     assert measured.activation_bytes == 2 * GiB
     calibration.store(key, measured, path)

@@ -17,6 +17,7 @@ from filelock import FileLock
 
 from priorzero import paths
 from priorzero.fileio import write_json_atomic
+from priorzero.gpu.budget import GiB
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,11 @@ class Calibration:
 
 def default_path() -> Path:
     return paths.cache_dir() / "calibration" / "vllm.json"
+
+
+def first_start_headroom(budget_bytes: int) -> int:
+    """The activation headroom before any calibration exists: a fifth of the budget, at least 1 GiB."""
+    return max(GiB, budget_bytes // 5)
 
 
 def measure_from_process(process_bytes: int, weights_bytes: int, kv_cache_bytes: int) -> Calibration:
