@@ -72,6 +72,8 @@ def test_none_leaves_a_game_alone_and_ended_episodes_need_a_reset(default_game_f
         assert pool.step([None, "go south"])[1].observation.moves == 1  # game 1 was not moved before
         with pytest.raises(RuntimeError, match="must be reset"):
             pool.step(["go south", None])
+        assert pool.reset_games([0], [None]) == first[:1]
+        assert pool.step(["go south", None])[0].observation.moves == 1
         assert pool.reset([None, None]) == first
 
 

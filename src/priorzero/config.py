@@ -31,8 +31,8 @@ class EnvConfig(_Section):
     num_envs: int = Field(4, ge=1, description="Games played in parallel, each in a worker process.")
     max_episode_steps: int = Field(50, ge=1, description="Steps after which an episode is truncated (reason 'step_limit').")
     valid_commands: bool = Field(True, description="Ask the game for its valid commands every step (off: faster, observations list none).")
-    call_timeout_s: float = Field(10.0, gt=0, description="Longest a single call into a game may take; then its worker is killed and restarted.")
-    start_timeout_s: float = Field(60.0, gt=0, description="Longest a worker may take to start and open its game.")
+    call_timeout_s: float = Field(60.0, gt=0, description="Longest a single call into a game may take; then its worker is killed and restarted (Jericho's valid commands can take 10 s on a busy CPU).")
+    start_timeout_s: float = Field(120.0, gt=0, description="Longest a worker may take to start and open its game.")
 
 
 class LLMConfig(_Section):

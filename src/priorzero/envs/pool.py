@@ -113,8 +113,9 @@ class GamePool:
 
     In `step`, a command of None leaves that game alone and its result is None (for callers whose games
     finish at different times). A game whose episode ended (terminated or truncated) must be reset before
-    it is stepped again. `reset` retries a failed game once in a fresh worker and raises RuntimeError if that
-    fails too. Bad env ids raise UserError here, in the caller's process, before any worker starts.
+    it is stepped again; `reset_games` resets only some. A reset retries a failed game once in a fresh worker
+    and raises RuntimeError if that fails too. Bad env ids raise UserError here, in the caller's process,
+    before any worker starts.
     """
 
     def __init__(self, env_ids: list[str], env_config: EnvConfig, game_factory: GameFactory = make_game):
@@ -139,18 +140,24 @@ class GamePool:
 
     def reset(self, seeds: list[int | None]) -> list[Observation]:
         self._check_length(seeds, "seeds")
-        everyone = list(range(len(self)))
-        replies = self._call({i: ("reset", (seeds[i],)) for i in everyone})
-        failed = {i: reason for i, (ok, reason) in replies.items() if not ok}
+        return self.reset_games(list(range(len(self))), seeds)
+
+    def reset_games(self, indices: list[int], seeds: list[int | None]) -> list[Observation]:
+        """Reset only the games at `indices` (one seed each); the other games' episodes go on."""
+        if len(seeds) != len(indices):
+            raise ValueError(f"expected {len(indices)} seeds, one per index, got {len(seeds)}")
+        wanted = dict(zip(indices, seeds))
+        replies = self._call({i: ("reset", (seed,)) for i, seed in wanted.items()})
+        failed = [i for i, (ok, _) in replies.items() if not ok]
         if failed:  # one more try, each in a fresh worker
-            replies.update(self._call({i: ("reset", (seeds[i],)) for i in failed}))
-        for i in everyone:
+            replies.update(self._call({i: ("reset", (wanted[i],)) for i in failed}))
+        for i in wanted:
             ok, value = replies[i]
             if not ok:
                 raise RuntimeError(f"game {i} ({self.env_ids[i]}) failed to reset twice: {value}")
             self._last[i] = value
             self._episode_over[i] = False
-        return [self._last[i] for i in everyone]  # type: ignore[misc]
+        return [self._last[i] for i in indices]  # type: ignore[misc]
 
     def step(self, commands: list[str | None]) -> list[StepResult | None]:
         self._check_length(commands, "commands")
