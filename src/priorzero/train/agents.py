@@ -19,14 +19,26 @@ from priorzero.envs.base import Observation
 
 @dataclass
 class GameState:
-    """What an agent sees of one game: the current observation and the (command, response) history."""
+    """What an agent sees of one game: the current observation and the episode's (command, response) history."""
 
     observation: Observation
     history: list[tuple[str, str]] = field(default_factory=list)
+    first_text: str = ""  # the episode's first observation (history holds the ones after it)
+
+    def __post_init__(self) -> None:
+        if not self.history and not self.first_text:
+            self.first_text = self.observation.text
 
     @property
     def commands(self) -> list[str]:
         return self.observation.valid_commands
+
+    def recent(self, window: int) -> tuple[list[str], list[str]]:
+        """The last `window` observation texts (the current one last) and the commands taken between them."""
+        texts = [self.first_text] + [response for _, response in self.history]
+        taken = [command for command, _ in self.history]
+        start = max(0, len(texts) - window)
+        return texts[start:], taken[start:]
 
 
 @dataclass
@@ -64,20 +76,16 @@ class RandomAgent:
 
 
 class PriorModel:
-    """The language model as a prior over valid commands: prompts, then packed scoring, then the softmax."""
+    """The language model's prior as training sees it: the transformers backend's prompts and packed scoring,
+    with gradients when asked, and `version`, the number of updates its weights (updated in place) have had."""
 
-    def __init__(self, lm, llm_config) -> None:
-        from priorzero.llm.scorer import PriorStats
+    def __init__(self, backend) -> None:
+        self.backend = backend  # priorzero.llm.backends.hf.HFPrior
+        self.version = 0
 
-        self.lm = lm
-        self.config = llm_config
-        self.stats = PriorStats()
-        self.version = 0  # language-model updates so far; the model object is updated in place
-
-    def prompt_ids(self, state: GameState) -> list[int]:
-        from priorzero.llm.prompts import build_prompt
-
-        return build_prompt(self.lm.tokenizer, state.history, state.observation.text, state.commands, self.config).token_ids
+    @property
+    def lm(self):
+        return self.backend.lm
 
     def candidate_ids(self, commands: list[str]) -> list[list[int]]:
         from priorzero.llm.prompts import encode_candidates
@@ -86,21 +94,24 @@ class PriorModel:
 
     def priors(self, states: list[GameState]) -> tuple[list[list[int]], list[torch.Tensor]]:
         """Per game: the prompt's ids and the [K] prior over its commands (uniform where scores are unusable)."""
+        from priorzero.llm.backends.hf import PriorInput
         from priorzero.llm.scorer import candidate_prior
 
-        prompts = [self.prompt_ids(state) for state in states]
-        scores = self._scores(prompts, [state.commands for state in states], grad=False)
-        return prompts, [candidate_prior(s, self.config.score_reduction, self.config.prior_temperature, self.stats) for s in scores]
+        prepared = self.backend.prepare([PriorInput(s.observation.text, s.commands, s.history) for s in states])
+        prompts = [p.prompt_ids for p in prepared]
+        scores = self._scores(prompts, [p.candidate_ids for p in prepared], grad=False)
+        config = self.backend.config
+        return prompts, [candidate_prior(s, config.score_reduction, config.prior_temperature, self.backend.stats).cpu() for s in scores]
 
     def log_priors_with_grad(self, prompts: list[list[int]], commands: list[list[str]]) -> list[torch.Tensor]:
         """Per game, the [K] log-prior with its autograd graph: what the language-model losses train."""
-        return [_log_prior(s, self.config) for s in self._scores(prompts, commands, grad=True)]
+        scores = self._scores(prompts, [self.candidate_ids(c) for c in commands], grad=True)
+        return [_log_prior(s, self.backend.config) for s in scores]
 
-    def _scores(self, prompts: list[list[int]], commands: list[list[str]], grad: bool):
+    def _scores(self, prompts: list[list[int]], candidates: list[list[list[int]]], grad: bool):
         from priorzero.llm.scorer import score_candidates
 
-        candidates = [self.candidate_ids(c) for c in commands]
-        return score_candidates(self.lm.model, prompts, candidates, self.config.score_token_budget, grad=grad)
+        return score_candidates(self.lm.model, prompts, candidates, self.backend.token_budget, grad=grad)
 
 
 def _log_prior(scores, llm_config) -> torch.Tensor:
@@ -125,3 +136,85 @@ class LLMAgent:
             Decision(int(p.argmax()), p.tolist(), [], 0.0, prompt_ids)
             for p, prompt_ids in zip(priors, prompts)
         ]
+
+
+class SearchAgent:
+    """Tree search in the world model. `priorzero` starts from the language model's prior (mixed with the world
+    model's policy as search.prior_mode says); `wm` (prior=None) searches from the world model's policy alone.
+    Exploring (collection): Dirichlet noise at the root and the action sampled from the visit policy with
+    search.collect_temperature. Otherwise (evaluation): no noise, the most visited command."""
+
+    def __init__(self, world_model, encoder, search_config, context_window: int, prior: PriorModel | None, explore: bool) -> None:
+        self.name = "priorzero" if prior is not None else "wm"
+        self.world_model = world_model
+        self.encoder = encoder
+        self.config = search_config
+        self.context_window = context_window
+        self.prior = prior
+        self.explore = explore
+
+    def decide(self, states: list[GameState]) -> list[Decision]:
+        from priorzero.search.mcts import SearchParams
+        from priorzero.search.root import plan
+
+        if self.prior is not None:
+            prompts, priors = self.prior.priors(states)
+        else:
+            prompts, priors = [[] for _ in states], [torch.tensor(uniform(len(s.commands))) for s in states]
+        root_inputs = self._root_inputs(states)
+        root = self.world_model.initial_inference(*root_inputs, num_simulations=self.config.num_simulations)
+        mask = root_inputs[3].new_zeros(root_inputs[3].shape[:2], dtype=torch.bool)
+        lm_prior = torch.zeros(mask.shape, device=mask.device)
+        for row, (state, prior) in enumerate(zip(states, priors)):
+            mask[row, : len(state.commands)] = True
+            lm_prior[row, : len(state.commands)] = prior.to(mask.device)
+        params = SearchParams(self.config.num_simulations, self.config.pb_c_base, self.config.pb_c_init, self.config.discount, self.config.min_q_spread)
+        out = plan(
+            self.world_model,
+            root,
+            mask,
+            params,
+            lm_prior=lm_prior if self.prior is not None else None,
+            prior_mode=self.config.prior_mode,
+            lm_weight=self.config.prior_mix_weight,
+            noise_alpha=self.config.root_dirichlet_alpha if self.explore else None,
+            noise_fraction=self.config.root_noise_fraction,
+            temperature=self.config.collect_temperature if self.explore else 0.0,
+        )
+        decisions = []
+        for row, (state, prior, prompt_ids) in enumerate(zip(states, priors, prompts)):
+            count = len(state.commands)
+            decisions.append(
+                Decision(
+                    action=int(out.action[row]),
+                    prior=prior.tolist(),
+                    visit_counts=[int(v) for v in out.visit_counts[row, :count].round().tolist()],
+                    root_value=float(out.root_value[row]),
+                    prompt_ids=prompt_ids,
+                )
+            )
+        return decisions
+
+    def _root_inputs(self, states: list[GameState]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """observations [B, W, E] left-padded, past actions [B, W-1, E], context mask [B, W], candidates [B, K, E]."""
+        window = self.context_window
+        recents = [state.recent(window) for state in states]
+        texts = [text for obs, taken in recents for text in obs + taken] + [c for state in states for c in state.commands]
+        table = dict(zip(texts, self.encoder.encode(texts)))
+        device = next(self.world_model.parameters()).device
+        dim = self.encoder.dim
+        width = max(len(state.commands) for state in states)
+        observations = torch.zeros(len(states), window, dim, device=device)
+        actions = torch.zeros(len(states), max(window - 1, 0), dim, device=device)
+        context = torch.zeros(len(states), window, dtype=torch.bool, device=device)
+        candidates = torch.zeros(len(states), width, dim, device=device)
+        for row, ((obs, taken), state) in enumerate(zip(recents, states)):
+            offset = window - len(obs)  # left padding
+            for j, text in enumerate(obs):
+                observations[row, offset + j] = table[text]
+                context[row, offset + j] = True
+            for j, command in enumerate(taken):  # the command between observation j and j + 1 of the window
+                actions[row, offset + j] = table[command]
+            for k, command in enumerate(state.commands):
+                candidates[row, k] = table[command]
+        return observations, actions, context, candidates

@@ -44,7 +44,22 @@ class StepRecord:
         return [count / total for count in self.visit_counts]
 
 
-Segment = list[StepRecord]
+@dataclass
+class Segment:
+    """Consecutive steps of one episode, and the observation that followed the last one (None if the episode ended)."""
+
+    records: list[StepRecord]
+    next_observation: str | None
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def window(self, start: int, length: int) -> Segment:
+        """Steps start..start+length-1 (fewer at the end), with the observation that followed them."""
+        records = self.records[start : start + length]
+        end = start + len(records)
+        following = self.records[end].observation if end < len(self.records) else self.next_observation
+        return Segment(records, following)
 
 
 def n_step_returns(episode: list[StepRecord], n: int, discount: float) -> list[float]:
@@ -67,7 +82,11 @@ def n_step_returns(episode: list[StepRecord], n: int, discount: float) -> list[f
 
 def split_into_segments(episode: list[StepRecord], length: int) -> list[Segment]:
     """Cut one episode's records into consecutive segments of at most `length` steps."""
-    return [episode[i : i + length] for i in range(0, len(episode), length)]
+    segments = []
+    for start in range(0, len(episode), length):
+        end = start + length
+        segments.append(Segment(episode[start:end], episode[end].observation if end < len(episode) else None))
+    return segments
 
 
 class ReplayBuffer:
@@ -94,15 +113,7 @@ class ReplayBuffer:
 
     def records(self) -> Iterable[StepRecord]:
         for segment in self.segments:
-            yield from segment
-
-    def sample_segments(self, count: int, rng: np.random.Generator) -> list[Segment]:
-        """`count` segments drawn with replacement, each with probability proportional to its length."""
-        if not self.segments:
-            raise ValueError("the replay buffer is empty")
-        lengths = np.array([len(segment) for segment in self.segments], dtype=np.float64)
-        picks = rng.choice(len(self.segments), size=count, p=lengths / lengths.sum())
-        return [self.segments[i] for i in picks]
+            yield from segment.records
 
     def sample_steps(self, count: int, rng: np.random.Generator) -> list[tuple[Segment, int]]:
         """`count` (segment, position) pairs, uniform over stored steps."""
@@ -118,13 +129,17 @@ class ReplayBuffer:
         return {
             "capacity": self.capacity,
             "segment_length": self.segment_length,
-            "segments": [[dataclasses.asdict(record) for record in segment] for segment in self.segments],
+            "segments": [
+                {"records": [dataclasses.asdict(record) for record in segment.records], "next_observation": segment.next_observation}
+                for segment in self.segments
+            ],
         }
 
     @classmethod
     def from_state_dict(cls, state: dict[str, Any]) -> ReplayBuffer:
         buffer = cls(state["capacity"], state["segment_length"])
         for segment in state["segments"]:
-            buffer.segments.append([StepRecord(**record) for record in segment])
-            buffer.num_steps += len(segment)
+            records = [StepRecord(**record) for record in segment["records"]]
+            buffer.segments.append(Segment(records, segment["next_observation"]))
+            buffer.num_steps += len(records)
         return buffer

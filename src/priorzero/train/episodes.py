@@ -121,3 +121,24 @@ class InProcessGames:
     def close(self) -> None:
         for game in self.games:
             game.close()
+
+
+class PoolGames:
+    """The worker pool (priorzero.envs.GamePool) as a GameBatch: games not stepped this round get None."""
+
+    def __init__(self, pool) -> None:
+        self.pool = pool
+        self.env_ids = list(pool.env_ids)
+
+    def reset(self, seeds: Sequence[int]) -> list[Observation]:
+        return self.pool.reset(list(seeds))
+
+    def step(self, slots: Sequence[int], commands: Sequence[str]) -> list[StepResult]:
+        requests: list[str | None] = [None] * len(self.env_ids)
+        for slot, command in zip(slots, commands):
+            requests[slot] = command
+        results = self.pool.step(requests)
+        return [results[slot] for slot in slots]
+
+    def close(self) -> None:
+        self.pool.close()

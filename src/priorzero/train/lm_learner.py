@@ -16,17 +16,17 @@ from __future__ import annotations
 
 import copy
 import logging
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
 import numpy as np
 import torch
 
-from priorzero.config import SearchConfig, TrainConfig
+from priorzero.config import TrainConfig
 from priorzero.gpu.budget import parse_size
 from priorzero.train.agents import PriorModel
-from priorzero.train.buffer import ReplayBuffer, Segment, StepRecord
+from priorzero.train.buffer import ReplayBuffer, StepRecord
 from priorzero.train.microbatch import ActivationPlan, accumulate
 
 log = logging.getLogger(__name__)
@@ -83,7 +83,7 @@ class LMLearner:
 
     def update(self, buffer: ReplayBuffer, rng: np.random.Generator) -> dict[str, float]:
         """One optimiser step on `lm_batch_size` steps sampled from the buffer; returns the losses."""
-        records = [segment[position] for segment, position in buffer.sample_steps(self.config.lm_batch_size, rng)]
+        records = [segment.records[position] for segment, position in buffer.sample_steps(self.config.lm_batch_size, rng)]
         records = [r for r in records if len(r.commands) > 1 and r.visit_counts]  # one command teaches nothing
         if not records:
             return {}

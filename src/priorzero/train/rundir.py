@@ -47,12 +47,18 @@ class RunDir:
     def metrics_path(self) -> Path:
         return self.path / "metrics.jsonl"
 
+    @staticmethod
+    def check_new(path: Path) -> None:
+        """A new run may not reuse a directory that holds anything; it is left untouched."""
+        path = Path(path)
+        if path.exists() and (not path.is_dir() or any(path.iterdir())):
+            raise UserError(f"run directory {path} already exists; pass --resume to continue it or --run-dir for a new one")
+
     @classmethod
     def create(cls, path: Path, config: Config) -> RunDir:
-        """A new run; an existing run directory is an error (it is left untouched)."""
+        """A new run directory holding the resolved config."""
         path = Path(path)
-        if (path / "config.yaml").exists() or (path.exists() and any(path.iterdir())):
-            raise UserError(f"run directory {path} already exists; pass --resume to continue it or --run-dir for a new one")
+        cls.check_new(path)
         path.mkdir(parents=True, exist_ok=True)
         run = cls(path)
         write_text_atomic(run.config_path, config_to_yaml(config))

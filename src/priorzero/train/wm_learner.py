@@ -1,0 +1,47 @@
+"""World-model updates: windows of `unroll_steps` consecutive steps sampled from the replay buffer, trained with the
+planning core's losses (value on n-step targets, reward, the search's visit distribution, latent consistency)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from priorzero.config import ModelConfig, TrainConfig
+from priorzero.model.losses import LossWeights, world_model_losses
+from priorzero.model.targets import make_batch
+from priorzero.train.buffer import ReplayBuffer
+
+
+class WMLearner:
+    def __init__(self, world_model, encoder, train_config: TrainConfig, model_config: ModelConfig) -> None:
+        self.world_model = world_model
+        self.encoder = encoder
+        self.config = train_config
+        self.weights = LossWeights(
+            value=model_config.value_loss_weight,
+            reward=model_config.reward_loss_weight,
+            policy=model_config.policy_loss_weight,
+            latent=model_config.latent_loss_weight,
+        )
+        self.optimizer = torch.optim.AdamW(world_model.parameters(), lr=train_config.wm_lr)
+
+    def update(self, buffer: ReplayBuffer, rng: np.random.Generator) -> dict[str, float]:
+        """One gradient step; returns each loss and the gradient norm."""
+        windows = [segment.window(position, self.config.unroll_steps) for segment, position in buffer.sample_steps(self.config.wm_batch_size, rng)]
+        device = next(self.world_model.parameters()).device
+        batch = make_batch([w.records for w in windows], self.encoder, [w.next_observation for w in windows], device=device)
+        self.world_model.train()
+        losses = world_model_losses(self.world_model, batch, self.weights)
+        self.optimizer.zero_grad(set_to_none=True)
+        losses["total"].backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.world_model.parameters(), self.config.grad_clip)
+        self.optimizer.step()
+        self.world_model.eval()
+        return {"loss": float(losses["total"]), **{k: float(v) for k, v in losses.items() if k != "total"}, "grad_norm": float(grad_norm)}
+
+    def state_dict(self) -> dict:
+        return {"model": self.world_model.state_dict(), "optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.world_model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
