@@ -99,6 +99,14 @@ def test_vllm_use_v1_and_dead_ray_address_are_problems(capsys, monkeypatch):
 
 
 @pytest.mark.parametrize(
+    "address, expected",
+    [("10.1.2.3:6379", ("10.1.2.3", 6379)), ("ray://head:10001", ("head", 10001)), ("ray://head", ("head", 10001)), ("head", ("head", 6379))],
+)
+def test_ray_address_forms(address, expected):
+    assert doctor._ray_host_port(address) == expected
+
+
+@pytest.mark.parametrize(
     "args, message",
     [
         (["--device", "cuda:9", "--replay", IDLE], "--device cuda:9 does not exist here; visible: cuda:0"),

@@ -5,9 +5,9 @@ import pytest
 from priorzero.errors import UserError
 from priorzero.gpu import calibration
 from priorzero.gpu.budget import (
+    BudgetSpec,
     GiB,
     MiB,
-    BudgetSpec,
     NotEnoughFreeMemory,
     budget_problem,
     fit_micro_batch,

@@ -6,7 +6,7 @@ import threading
 import pytest
 
 from priorzero.errors import UserError
-from priorzero.gpu.budget import GiB, MiB, BudgetSpec
+from priorzero.gpu.budget import BudgetSpec, GiB
 from priorzero.gpu.inventory import summarise
 from priorzero.gpu.nvml import DeviceReading, ProcessReading
 from priorzero.gpu.placement import gpu_init_lock, plan_placement
@@ -170,3 +170,22 @@ def test_lock_keeps_two_processes_from_initialising_on_one_gpu(tmp_path, monkeyp
     finally:
         release.set()
         holder.join(30)
+
+
+def test_place_for_run_from_config_values(monkeypatch):
+    from pathlib import Path
+
+    from priorzero.gpu.fake import FakeNvml
+    from priorzero.gpu.placement import place_for_run
+
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.delenv("CUDA_DEVICE_ORDER", raising=False)
+    idle = FakeNvml.from_file(Path(__file__).parent / "data" / "nvml" / "h100_idle.json")
+    plan = place_for_run("auto", "20GiB", "0.5", nvml=idle, samples=3, interval_s=0)
+    assert (plan.lm.device, plan.lm.budget_bytes) == ("cuda:0", 20 * GiB)
+    assert plan.train.device == "cuda:0" and "both budgets fit" in plan.train.reason
+    import os
+
+    assert os.environ["CUDA_DEVICE_ORDER"] == "PCI_BUS_ID"
+    with pytest.raises(UserError, match="cannot read"):
+        place_for_run("auto", "twenty", nvml=idle)

@@ -171,3 +171,19 @@ def test_start_report_summary():
         "vllm ready on cuda:0 in 12.3 s: weights 1.00 GiB, budget 20.00 GiB, 350,000 tokens per batch, "
         "48 games scored at once, after 2 failed attempt(s)"
     )
+
+
+def test_stability_wait_on_the_recorded_h100_churn():
+    """Replay the co-tenant recorded on an H100 (one reading per 0.1 s): the wait ends inside a quiet stretch."""
+    from pathlib import Path
+
+    trace = FakeNvml.from_file(Path(__file__).parent / "data" / "nvml" / "h100_churn.json")
+    frees = [frame[0].free_bytes for frame in trace.frames]
+    change = next(i for i in range(1, len(frees)) if frees[i] != frees[i - 1])
+    trace.position = change - 2  # start the wait just before the co-tenant's first change
+    clock = Clock()
+    policy = StartPolicy(stable_window_s=0.4, stable_tolerance_bytes=256 * MiB, stable_timeout_s=30)  # one reading per 0.1 s
+    assert wait_for_stable_free(trace, 0, policy, clock.sleep, clock)
+    last = trace.position - 1
+    assert last >= change + 4  # it sat through the change
+    assert len(set(frees[last - 4 : last + 1])) == 1  # and ended when the last five readings (0.4 s) agreed

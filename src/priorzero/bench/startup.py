@@ -41,11 +41,11 @@ from rich.table import Table
 from priorzero.errors import UserError
 from priorzero.fileio import write_json_atomic
 from priorzero.gpu import inventory
-from priorzero.gpu.budget import GiB, BudgetSpec, format_size, parse_size
+from priorzero.gpu.budget import BudgetSpec, GiB, format_size, parse_size
 from priorzero.gpu.fake import record_trace
 from priorzero.gpu.nvml import NvmlUnavailable, open_nvml
 from priorzero.gpu.placement import Placement, plan_placement
-from priorzero.gpu.start import StartPolicy, Started, StartReport, classify_failure, start_engine
+from priorzero.gpu.start import Started, StartPolicy, StartReport, classify_failure, start_engine
 from priorzero.gpu.visible import ensure_pci_bus_order
 
 SEQUENCE_TOKENS = 128  # one prompt-plus-command sequence in the scoring call and the training step
@@ -315,7 +315,7 @@ def compare_with_nvidia_smi() -> dict[str, Any]:
     for gpu, line in zip(json.loads(doctor.stdout or "{}").get("gpus", []), smi.stdout.strip().splitlines()):
         smi_mib = [float(v) for v in line.split(",")]
         ours_mib = [gpu[k] / 2**20 for k in ("memory_total_bytes", "memory_used_bytes", "memory_free_bytes")]
-        diffs = [abs(a - b) / max(b, 1) for a, b in zip(ours_mib, smi_mib)]
+        diffs = [abs(a - b) / max(b, 1) for a, b in zip(ours_mib, smi_mib, strict=True)]
         rows.append({"index": gpu["index"], "doctor_mib": ours_mib, "nvidia_smi_mib": smi_mib, "max_rel_diff_of_total": max(abs(a - b) for a, b in zip(ours_mib, smi_mib)) / smi_mib[0], "max_rel_diff": max(diffs)})
     return {"doctor_exit": doctor.returncode, "doctor_stderr": doctor.stderr[-500:], "nvidia_smi": smi.stdout.strip(), "rows": rows}
 

@@ -220,15 +220,16 @@ def check_ray(environ: Mapping[str, str], connect: Callable[[str, int], bool] | 
 
 
 def _ray_host_port(address: str) -> tuple[str, int] | None:
+    """Where RAY_ADDRESS points: 'auto' (the local cluster's file, None if none runs), 'host:port' or 'ray://host[:port]'."""
     if address == "auto":
         current = Path("/tmp/ray/ray_current_cluster")
         if not current.exists():
             return None
         address = current.read_text().strip()
-    address = address.removeprefix("ray://")
-    host, _, port = address.rpartition(":")
+    client = address.startswith("ray://")
+    host, _, port = address.removeprefix("ray://").rpartition(":")
     if not host or not port.isdigit():
-        return (address, 10001 if "ray://" in address else 6379)
+        return address.removeprefix("ray://"), 10001 if client else 6379  # Ray's default client and GCS ports
     return host, int(port)
 
 

@@ -20,7 +20,7 @@ from filelock import FileLock, Timeout
 from priorzero import paths
 from priorzero.errors import UserError
 from priorzero.gpu import inventory
-from priorzero.gpu.budget import MiB, BudgetSpec, budget_problem, format_size, parse_budget, resolve_budget
+from priorzero.gpu.budget import BudgetSpec, MiB, budget_problem, format_size, parse_budget, resolve_budget
 from priorzero.gpu.inventory import GpuStatus
 from priorzero.gpu.nvml import NvmlLike, NvmlUnavailable, open_nvml
 from priorzero.gpu.visible import VisibleDevice, ensure_pci_bus_order, parse_device, parse_visible_devices
