@@ -154,3 +154,10 @@ def test_watch_redraws_with_fresh_readings_until_ctrl_c(monkeypatch):
     first = collect(False)
     assert doctor_cmd._watch(collect, first) == 0
     assert len(reports) == 3 and nvml.position == 9  # each redraw read NVML afresh
+
+
+def test_cuda_9_on_this_machine(capsys):
+    """Real: no fake. CI has no GPU ('no GPU is visible'); a GPU machine has fewer than ten ('does not exist here')."""
+    code, out, err = run(capsys, "--device", "cuda:9", "--no-backends", "--samples", "1")
+    assert code == 2 and out == "" and err.count("\n") == 1
+    assert "no GPU is visible" in err or "cuda:9 does not exist here" in err
