@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import sys
 from pathlib import Path
@@ -88,6 +89,7 @@ def _root() -> None:
     """Train text-adventure agents: tree search in a learned world model, guided by a language model's prior."""
 
 
+@functools.cache  # main() may run many times in one process (tests); register once
 def _register_commands() -> None:
     from priorzero.commands import bench, config_cmd, doctor, games, play
 
