@@ -1,12 +1,14 @@
 """`priorzero games list|make` through the real command line."""
 
 import json
+import shutil
 
 from priorzero.envs import suite
 
 
 def test_list_shows_the_suite_and_story_files_with_max_score_and_valid_commands(cli, jericho_dir, tmp_path, default_game_file):
     (tmp_path / "junk.z5").write_text("not a game\n" * 10)
+    shutil.copy(default_game_file, tmp_path / "bare.z8")  # without TextWorld's metadata: unsupported by Jericho
     result = cli("games", "list", "--json", "--game-dir", str(tmp_path), env={"PRIORZERO_GAME_DIR": str(jericho_dir)})
     assert result.returncode == 0, result.stderr
     listing = json.loads(result.stdout)
@@ -18,6 +20,9 @@ def test_list_shows_the_suite_and_story_files_with_max_score_and_valid_commands(
     detective = rows["detective.z5"]
     assert (detective["backend"], detective["max_score"], detective["valid_commands"]) == ("jericho", 360.0, True)
     assert not rows["junk.z5"]["ready"] and "not a Z-machine story file" in rows["junk.z5"]["note"]
+    bare = rows["bare.z8"]
+    assert bare["ready"] and not bare["valid_commands"] and bare["max_score"] is None
+    assert "cannot list valid commands" in bare["note"]
 
 
 def test_list_as_a_table_says_where_story_files_are_looked_up(cli, tmp_path):
