@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import statistics
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from typing import Annotated, Any
 
@@ -29,7 +30,8 @@ from priorzero.cli import ConfigFileOpt, PresetOpt, SetOpt, resolve_config
 from priorzero.config import Config
 from priorzero.errors import UserError
 from priorzero.model.world_model import WorldModel, WorldModelShape
-from priorzero.search import RootOutput, SearchParams, plan
+from priorzero.search import RootOutput, SearchParams, init_tree, plan, run_simulations
+from priorzero.search.root import combine_priors
 from priorzero.search.interface import RecurrentOutput
 
 SYNTHETIC_LM_ALPHA = 0.3
@@ -65,6 +67,7 @@ class TimedModel:
 @dataclass
 class Row:
     device: str
+    mode: str  # eager, or graphs (bookkeeping replayed as CUDA graphs)
     games: int
     simulations: int
     candidates: int
@@ -114,15 +117,15 @@ def one_search(model: WorldModel, inputs: dict[str, torch.Tensor], params: Searc
     )
 
 
-def search_params(config: Config, simulations: int) -> SearchParams:
+def search_params(config: Config, simulations: int, cuda_graphs: bool = False) -> SearchParams:
     s = config.search
-    return SearchParams(simulations, s.pb_c_base, s.pb_c_init, s.discount, s.min_q_spread)
+    return SearchParams(simulations, s.pb_c_base, s.pb_c_init, s.discount, s.min_q_spread, cuda_graphs)
 
 
-def run_cell(model: WorldModel, device: torch.device, games: int, simulations: int, candidates: int, repeats: int, config: Config) -> Row:
+def run_cell(model: WorldModel, device: torch.device, mode: str, games: int, simulations: int, candidates: int, repeats: int, config: Config) -> Row:
     generator = torch.Generator().manual_seed(games * 1000 + simulations)
     inputs = synthetic_inputs(games, candidates, device, generator)
-    params = search_params(config, simulations)
+    params = search_params(config, simulations, cuda_graphs=mode == "graphs")
     one_search(model, inputs, params, config)  # warm-up
     totals, model_times, shares = [], [], []
     for _ in range(repeats):
@@ -141,6 +144,7 @@ def run_cell(model: WorldModel, device: torch.device, games: int, simulations: i
     search_s = statistics.median(totals)
     return Row(
         device=str(device),
+        mode=mode,
         games=games,
         simulations=simulations,
         candidates=candidates,
@@ -152,18 +156,36 @@ def run_cell(model: WorldModel, device: torch.device, games: int, simulations: i
     )
 
 
-def cuda_matches_cpu(model: WorldModel, device: torch.device, config: Config, games: int = 8, simulations: int = 50) -> bool:
-    """The same search (float64, no noise, same model and inputs) gives the same visit counts on the GPU and the CPU."""
-    counts = []
+def gpu_checks(model: WorldModel, device: torch.device, config: Config, modes: list[str], games: int = 8, simulations: int = 50) -> dict[str, Any]:
+    """The same search (float64, no noise, same model and inputs) on the CPU and on the GPU, eagerly and with CUDA
+    graphs: do the visit counts agree, and how many host syncs happen inside the simulation loop (should be 0)."""
     inputs = synthetic_inputs(games, 55, torch.device("cpu"), torch.Generator().manual_seed(7))
-    for where in (torch.device("cpu"), device):
+    results: dict[str, Any] = {}
+    counts = {}
+    for where, mode in [(torch.device("cpu"), "eager")] + [(device, mode) for mode in modes]:
         replica = WorldModel(model.shape).double().to(where)
         replica.load_state_dict(model.state_dict())
         moved = {k: (v.double() if v.is_floating_point() else v).to(where) for k, v in inputs.items()}
         root = replica.initial_inference(moved["observations"], moved["past_actions"], moved["context_mask"], moved["candidates"], simulations)
-        out = plan(replica, root, moved["candidate_mask"], search_params(config, simulations), lm_prior=moved["lm_prior"], temperature=0.0)
-        counts.append(out.visit_counts.cpu())
-    return torch.equal(counts[0], counts[1])
+        prior = combine_priors(root.policy_logits, moved["lm_prior"], moved["candidate_mask"], "mix", 0.5)
+        tree = init_tree(prior, root.value, moved["candidate_mask"], simulations)
+        params = search_params(config, simulations, cuda_graphs=mode == "graphs")
+        if where.type == "cuda":
+            torch.cuda.synchronize(where)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                torch.cuda.set_sync_debug_mode("warn")
+                try:
+                    run_simulations(replica, root.state, tree, params)
+                finally:
+                    torch.cuda.set_sync_debug_mode("default")
+            results[f"host_syncs_{mode}"] = sum("synchroniz" in str(w.message) for w in caught)
+        else:
+            run_simulations(replica, root.state, tree, params)
+        counts[f"{where.type}_{mode}"] = tree.children_visits[:, 0].cpu()
+    for mode in modes:
+        results[f"cuda_{mode}_matches_cpu"] = torch.equal(counts[f"cuda_{mode}"], counts["cpu_eager"])
+    return results
 
 
 def _ints(text: str, option: str) -> list[int]:
@@ -194,16 +216,26 @@ def _devices(text: str) -> list[torch.device]:
     return devices
 
 
+MODES = ("eager", "graphs")
+
+
+def _modes(text: str) -> list[str]:
+    modes = [m.strip() for m in text.split(",") if m.strip()]
+    if not modes or any(m not in MODES for m in modes):
+        raise UserError(f"--modes expects a comma-separated subset of {', '.join(MODES)}, got {text!r}")
+    return modes
+
+
 def _print_table(rows: list[Row], title: str) -> None:
     from rich.console import Console
     from rich.table import Table
 
     table = Table(title=title)
-    for column in ("device", "games", "sims", "search ms", "sims/s", "model ms", "bookkeeping", "depth"):
-        table.add_column(column, justify="left" if column == "device" else "right")
+    for column in ("device", "mode", "games", "sims", "search ms", "sims/s", "model ms", "bookkeeping", "depth"):
+        table.add_column(column, justify="left" if column in ("device", "mode") else "right")
     for r in rows:
         table.add_row(
-            r.device, str(r.games), str(r.simulations), f"{r.search_ms:.1f}", f"{r.simulations_per_s:,.0f}",
+            r.device, r.mode, str(r.games), str(r.simulations), f"{r.search_ms:.1f}", f"{r.simulations_per_s:,.0f}",
             f"{r.model_ms:.1f}", f"{100 * r.bookkeeping_share:.0f}%", f"{r.mean_max_depth:.1f}",
         )  # fmt: skip
     Console().print(table)
@@ -221,6 +253,7 @@ def register(bench_app: typer.Typer) -> None:
         candidates: Annotated[int, typer.Option("--candidates", "-K", min=1, help="Candidate commands per root.")] = 55,
         repeats: Annotated[int, typer.Option("--repeats", min=1, help="Timed searches per cell (median reported), after one warm-up.")] = 5,
         threads: Annotated[int, typer.Option("--threads", min=1, help="CPU threads for torch (the search's tensors are small: 1 is fastest on a shared machine).")] = 1,
+        modes: Annotated[str, typer.Option("--modes", help="eager and/or graphs (bookkeeping as CUDA graphs; GPU only).")] = "eager,graphs",
         seed: Annotated[int, typer.Option("--seed", help="Seed of the random-weight world model.")] = 0,
         as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of the table.")] = False,
     ) -> None:
@@ -233,21 +266,27 @@ def register(bench_app: typer.Typer) -> None:
         shape = model_shape(config)
         base = WorldModel(shape).eval()
         rows: list[Row] = []
-        checks: dict[str, bool] = {}
+        checks: dict[str, dict[str, Any]] = {}
         from rich.progress import track
 
-        work = [(device, b, s) for device in chosen for b, s in cells]
-        for device, b, s in track(work, description="bench mcts", transient=True, disable=as_json):
-            model = base.to(device)
-            rows.append(run_cell(model, device, b, s, candidates, repeats, config))
+        chosen_modes = _modes(modes)
+        work = [(d, m, b, s) for d in chosen for m in chosen_modes if d.type == "cuda" or m == "eager" for b, s in cells]
+        for device, mode, b, s in track(work, description="bench mcts", transient=True, disable=as_json):
+            rows.append(run_cell(base.to(device), device, mode, b, s, candidates, repeats, config))
         for device in chosen:
             if device.type == "cuda":
-                checks[str(device)] = cuda_matches_cpu(base.cpu(), device, config)
+                checks[str(device)] = gpu_checks(base.cpu(), device, config, chosen_modes)
         machines = {str(d): torch.cuda.get_device_name(d) if d.type == "cuda" else f"cpu ({threads} thread{'s' * (threads > 1)})" for d in chosen}
-        header = dict(model=asdict(shape), machines=machines, repeats=repeats, torch=torch.__version__, cuda_matches_cpu=checks)
+        header = dict(model=asdict(shape), machines=machines, repeats=repeats, torch=torch.__version__, gpu_checks=checks)
         if as_json:
             print(json.dumps({**header, "rows": [asdict(r) for r in rows]}, indent=2))
             return
         _print_table(rows, f"bench mcts: latent {shape.latent_dim}, {shape.num_layers} layers, K={candidates}, median of {repeats}")
-        for device, ok in checks.items():
-            typer.echo(f"{device}: visit counts {'match' if ok else 'DIFFER FROM'} the CPU's on the same search")
+        for device, result in checks.items():
+            typer.echo(f"{device}: {', '.join(f'{key} = {value}' for key, value in result.items())}")
+
+
+if __name__ == "__main__":  # `python -m priorzero.bench.mcts ...`: this benchmark alone, e.g. on a bare GPU machine
+    standalone = typer.Typer(add_completion=False)
+    register(standalone)
+    standalone()

@@ -61,6 +61,11 @@ def sinusoid(positions: Tensor, inverse_frequencies: Tensor) -> Tensor:
     return torch.cat([angles.sin(), angles.cos()], dim=-1)
 
 
+def each_twice(mask: Tensor) -> Tensor:
+    """[B, n] -> [B, 2n], every column repeated (one per token of a step); no host sync, unlike repeat_interleave."""
+    return mask.unsqueeze(-1).expand(*mask.shape, 2).reshape(mask.shape[0], 2 * mask.shape[1])
+
+
 def mlp(width: int, out: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(width, width), nn.GELU(), nn.Linear(width, out))
 
@@ -184,7 +189,7 @@ class WorldModel(nn.Module):
         latents = self.encode_observation(observations)
         projected = self.action_projection(past_actions)
         history = torch.stack([latents[:, :-1], projected], dim=2).reshape(batch, 2 * (window - 1), self.shape.latent_dim)
-        exists = torch.cat([context_mask[:, :-1].repeat_interleave(2, dim=1), context_mask[:, -1:]], dim=1).bool()
+        exists = torch.cat([each_twice(context_mask[:, :-1]), context_mask[:, -1:]], dim=1).bool()
         positions = (exists.long().cumsum(dim=1) - 1).clamp(min=0)
         type_ids = torch.arange(2 * window - 1, device=device) % 2  # 0 latent, 1 action
         tokens = torch.cat([history, latents[:, -1:]], dim=1) + self.token_type[type_ids]
@@ -221,7 +226,7 @@ class WorldModel(nn.Module):
         layers, _, _, heads, head_dim = ancestors.shape[2:]
         ancestors = ancestors.permute(2, 3, 0, 5, 1, 4, 6).reshape(layers, 2, batch, heads, 2 * depth_slots, head_dim)
         present = torch.ones(batch, 1, dtype=torch.bool, device=path.device)
-        prefix_mask = torch.cat([state.context_mask, on_path.repeat_interleave(2, dim=1), present], dim=1)
+        prefix_mask = torch.cat([state.context_mask, each_twice(on_path), present], dim=1)
 
         action_position = state.root_position + 2 * on_path.sum(dim=1) + 1
         action_token = self._action_token(state.candidate_tokens[rows, action], action_position).unsqueeze(1)

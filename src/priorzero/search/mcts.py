@@ -1,9 +1,9 @@
 """Batched MuZero tree search: small pure functions over the tensors of a `Tree`.
 
-One simulation, for every game at once: `simulate` walks down by PUCT to an unexpanded child, the model steps
-into it, `expand` writes the new node, `backward` adds its value to every node on the path. The only Python loop
-is over simulations (and, inside `simulate`, over depth); nothing branches on tensor values, and on a GPU the
-depth bound is read from the device without waiting for it (`DepthBound`).
+One simulation, for every game at once: `simulate` picks the node to expand from (PUCT scores of all nodes at once,
+then pointer jumping down the chosen children), the model steps into the new node, `expand` writes it, `backward`
+adds its value to every node on its path in one pass. The only Python loop is over simulations; nothing branches
+on tensor values and nothing waits for the device (`DepthBound` reads the tree's depth asynchronously).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ class SearchParams:
     pb_c_init: float = 1.25
     discount: float = 0.997
     min_q_spread: float = 0.01  # floor on max - min when normalising Q (LightZero's value_delta_max)
+    cuda_graphs: bool = False  # on a GPU, replay the bookkeeping (simulate, expand, backward) as two CUDA graphs
 
 
 def masked_softmax(logits: Tensor, mask: Tensor) -> Tensor:
@@ -40,8 +41,8 @@ def q_normaliser(q_min: Tensor, q_max: Tensor, min_spread: float) -> tuple[Tenso
     """
     spread = q_max - q_min
     seen = spread > 0
-    offset = torch.where(seen, q_min, torch.zeros_like(q_min))
-    denominator = torch.where(seen, spread.clamp(min=max(min_spread, torch.finfo(spread.dtype).tiny)), torch.ones_like(spread))
+    offset = torch.where(seen, q_min, 0.0)
+    denominator = torch.where(seen, spread.clamp(min=max(min_spread, torch.finfo(spread.dtype).tiny)), 1.0)
     return offset.unsqueeze(-1), denominator.unsqueeze(-1)
 
 
@@ -57,79 +58,80 @@ def exploration_table(params: SearchParams, dtype: torch.dtype, device: torch.de
     return (torch.log((n + params.pb_c_base + 1) / params.pb_c_base) + params.pb_c_init) * n.sqrt()
 
 
-def puct_scores(tree: Tree, node: Tensor, exploration: Tensor, q_offset: Tensor, q_denominator: Tensor) -> Tensor:
-    """MuZero's PUCT score of every candidate below `node` [B]; masked candidates score -inf. [B, K]
+def puct_scores(tree: Tree, num_nodes: int, exploration: Tensor, q_offset: Tensor, q_denominator: Tensor) -> Tensor:
+    """MuZero's PUCT score of every candidate below each of the first `num_nodes` nodes; -inf where masked. [B, n, K]
 
     exploration: `exploration_table`; q_offset, q_denominator: `q_normaliser` of the tree.
     """
-    rows = torch.arange(tree.batch_size, device=node.device)
-    prior, visits, q = tree.children_stats[rows, node].unbind(dim=1)
-    factor = exploration[tree.node_visits[rows, node].long()].unsqueeze(-1)
+    prior, visits, q = tree.children_stats[:, :num_nodes].unbind(dim=2)
+    factor = exploration[tree.node_visits[:, :num_nodes].long()].unsqueeze(-1)
     prior_score = factor / (visits + 1) * prior
-    value_score = torch.where(visits > 0, (q - q_offset) / q_denominator, 0.0)
-    return prior_score + value_score + tree.candidate_penalty
+    value_score = torch.where(visits > 0, (q - q_offset.unsqueeze(-1)) / q_denominator.unsqueeze(-1), 0.0)
+    return prior_score + value_score + tree.candidate_penalty.unsqueeze(1)
 
 
-def simulate(tree: Tree, max_steps: int, params: SearchParams, exploration: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Walk down from the root of every game by PUCT until the chosen child is unexpanded; ties go to the lowest index.
+def simulate(tree: Tree, num_nodes: int, width: int, params: SearchParams, exploration: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Select, in every game, the node to expand from and the action to expand by: MuZero's walk from the root,
+    following the highest PUCT score (ties to the lowest index) until the chosen child is unexpanded.
 
-    max_steps must be at least the tree's depth + 1 (see `DepthBound`). Returns the parent of the new leaf [B], the
-    action into it [B], and the path [B, max_steps] of nodes below the root down to the parent, padded with -1.
+    Instead of walking level by level, it scores the candidates of all `num_nodes` existing nodes at once and
+    follows the chosen-child pointers by pointer jumping: each round squares the one-step map, so log2(num_nodes)
+    gathers reach the walk's end whatever the tree's depth. Returns the parent [B], the action [B], and the path
+    [B, width - 1] of nodes from depth 1 down to the parent, padded with -1 (width: at least the new leaf's depth).
+    """
+    scores = puct_scores(tree, num_nodes, exploration, *q_normaliser(tree.q_min, tree.q_max, params.min_q_spread))
+    best = scores.argmax(dim=-1)  # [B, n]
+    child = tree.children_index[:, :num_nodes].gather(2, best.unsqueeze(-1)).squeeze(-1)
+    here = torch.arange(num_nodes, device=child.device).expand_as(child)
+    jump = torch.where(child >= 0, child, here)  # one step down, or stay where the chosen child is new
+    for _ in range((width - 1).bit_length()):  # 2**rounds >= width - 1 >= the parent's depth
+        jump = jump.gather(1, jump)
+    parent = jump[:, 0]
+    rows = torch.arange(tree.batch_size, device=parent.device)
+    return parent, best.gather(1, parent.unsqueeze(1)).squeeze(1), tree.node_path[rows, parent, 1:width]
+
+
+def expand(tree: Tree, parent: Tensor, action: Tensor, node: Tensor, step: RecurrentOutput) -> None:
+    """Write the new node of every game, the child of `parent` by `action`, with the model's outputs.
+
+    node: [1] long on the tree's device, the new node's index (a device tensor, so nothing here waits for the host).
+    """
+    rows = torch.arange(tree.batch_size, device=parent.device)
+    depth = tree.node_depth[rows, parent] + 1
+    tree.children_index[rows, parent, action] = node
+    tree.node_rewards.index_copy_(1, node, step.reward.to(tree.node_rewards.dtype).unsqueeze(1))
+    tree.node_actions.index_copy_(1, node, action.unsqueeze(1))
+    tree.node_depth.index_copy_(1, node, depth.unsqueeze(1))
+    tree.node_path.index_copy_(1, node, tree.node_path[rows, parent].unsqueeze(1))
+    tree.node_path[rows, node, depth] = node
+    prior = torch.softmax(step.policy_logits.to(tree.children_stats.dtype) + tree.candidate_penalty, dim=-1)
+    tree.children_stats[:, :, PRIOR].index_copy_(1, node, prior.unsqueeze(1))
+
+
+def discount_tables(size: int, discount: float, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor]:
+    """Returns along a path of nodes at depths 0..d are rewards @ W.T + L[d] * leaf_value, with
+    W[j, i] = discount**(i - j - 1) for i > j (else 0) and L[d, j] = discount**(d - j) for j <= d (else 0)."""
+    index = torch.arange(size, device=device)
+    power = (index.unsqueeze(0) - index.unsqueeze(1)).to(dtype)  # [j, i] -> i - j
+    base = torch.as_tensor(discount, dtype=dtype, device=device)
+    return torch.where(power >= 1, base ** (power - 1), 0), torch.where(power <= 0, base ** (-power), 0)
+
+
+def backward(tree: Tree, node: Tensor, width: int, leaf_value: Tensor, discount: float, tables: tuple[Tensor, Tensor]) -> None:
+    """Add the new leaf's discounted return to every node from it up to the root, in one pass over its path.
+
+    node: [1] long, the new leaf's index; width: columns of its node_path that may be filled (at least its depth);
+    tables: `discount_tables`.
     """
     batch = tree.batch_size
-    device = tree.node_visits.device
-    rows = torch.arange(batch, device=device)
-    q_offset, q_denominator = q_normaliser(tree.q_min, tree.q_max, params.min_q_spread)
-    node = torch.zeros(batch, dtype=torch.long, device=device)
-    action = torch.zeros_like(node)
-    active = torch.ones(batch, dtype=torch.bool, device=device)
-    path = torch.full((batch, max_steps), -1, dtype=torch.long, device=device)
-    for depth in range(max_steps):
-        chosen = puct_scores(tree, node, exploration, q_offset, q_denominator).argmax(dim=-1)
-        child = tree.children_index[rows, node, chosen]
-        action = torch.where(active, chosen, action)
-        active = active & (child >= 0)
-        path[:, depth] = torch.where(active, child, -1)
-        node = torch.where(active, child, node)
-    return node, action, path
-
-
-def expand(tree: Tree, parent: Tensor, action: Tensor, node_index: int, step: RecurrentOutput) -> None:
-    """Write node `node_index` of every game: the child of `parent` by `action`, with the model's outputs."""
-    rows = torch.arange(tree.batch_size, device=parent.device)
-    dtype = tree.node_values.dtype
-    tree.children_index[rows, parent, action] = node_index
-    tree.node_rewards[:, node_index] = step.reward.to(dtype)
-    tree.node_actions[:, node_index] = action
-    tree.node_depth[:, node_index] = tree.node_depth[rows, parent] + 1
-    tree.children_stats[:, node_index, PRIOR] = masked_softmax(step.policy_logits.to(dtype), tree.candidate_mask)
-
-
-def discount_matrix(size: int, discount: float, dtype: torch.dtype, device: torch.device) -> Tensor:
-    """W[j, i] = discount**(i - j - 1) for i > j, else 0: returns along a path are rewards @ W.T (plus the leaf)."""
-    index = torch.arange(size, device=device)
-    power = (index.unsqueeze(0) - index.unsqueeze(1) - 1).to(dtype)
-    return torch.where(power >= 0, torch.as_tensor(discount, dtype=dtype, device=device) ** power, 0)
-
-
-def backward(tree: Tree, path: Tensor, node_index: int, leaf_value: Tensor, discount: float, weights: Tensor) -> None:
-    """Add the new leaf's discounted return to every node from it up to the root, in one pass over the path.
-
-    path: the [B, D] path from `simulate`; weights: `discount_matrix` of at least D + 1 rows.
-    """
-    batch, steps = path.shape
-    dtype = tree.node_values.dtype
-    root = torch.zeros(batch, 1, dtype=torch.long, device=path.device)
-    nodes = torch.cat([root, path], dim=1)  # [B, D + 1]: depth j in column j
-    leaf_depth = tree.node_depth[:, node_index]
-    nodes.scatter_(1, leaf_depth.unsqueeze(1), torch.full_like(root, node_index))
-    valid = nodes >= 0
+    nodes = tree.node_path.index_select(1, node).squeeze(1)[:, : width + 1]
+    valid = nodes >= 0  # [B, width + 1]: the node at depth j in column j
     safe = torch.where(valid, nodes, tree.trash_node)
 
-    rewards = tree.node_rewards.gather(1, safe) * valid  # reward into each node on the path; 0 at the root
-    depth = torch.arange(steps + 1, device=path.device)
-    to_leaf = (leaf_depth.unsqueeze(1) - depth).clamp(min=0).to(dtype)
-    returns = rewards @ weights[: steps + 1, : steps + 1].T + discount**to_leaf * leaf_value.to(dtype).unsqueeze(1)
+    rewards = tree.node_rewards.gather(1, safe)  # 0 at the root and at the trash node
+    to_child, to_leaf = tables[0][: width + 1, : width + 1], tables[1][:, : width + 1]
+    leaf_depth = tree.node_depth.index_select(1, node).squeeze(1)
+    returns = rewards @ to_child.T + to_leaf[leaf_depth] * leaf_value.to(rewards.dtype).unsqueeze(1)
 
     visits = tree.node_visits.gather(1, safe) + 1
     values = (tree.node_values.gather(1, safe) * (visits - 1) + returns) / visits
@@ -138,20 +140,21 @@ def backward(tree: Tree, path: Tensor, node_index: int, leaf_value: Tensor, disc
     tree.node_values.scatter_(1, safe, values)
 
     # Edge statistics live in the parent's row: children_stats[parent, field, action into the child].
-    edge_valid = valid[:, 1:]
-    parents = torch.where(edge_valid, safe[:, :-1], tree.trash_node)
+    parents = torch.where(valid[:, 1:], safe[:, :-1], tree.trash_node)
     candidates = tree.num_candidates
     flat = parents * (3 * candidates) + tree.node_actions.gather(1, safe[:, 1:])
     stats = tree.children_stats.view(batch, -1)
     stats.scatter_(1, flat + VISITS * candidates, visits[:, 1:])
     stats.scatter_(1, flat + Q * candidates, q[:, 1:])
 
-    tree.q_min.copy_(torch.minimum(tree.q_min, q.masked_fill(~valid, float("inf")).amin(dim=1)))
-    tree.q_max.copy_(torch.maximum(tree.q_max, q.masked_fill(~valid, float("-inf")).amax(dim=1)))
+    q_on_path = torch.where(valid, q, q[:, :1])  # padding repeats the root's Q, which changes neither extreme
+    torch.minimum(tree.q_min, q_on_path.amin(dim=1), out=tree.q_min)
+    torch.maximum(tree.q_max, q_on_path.amax(dim=1), out=tree.q_max)
 
 
 class DepthBound:
-    """A host-side upper bound on the tree's depth, so `simulate` knows how far to loop without a device sync.
+    """A host-side upper bound on the tree's depth, so paths are cut to the columns that can be filled, without a
+    device sync (the model attends to, and `backward` updates, only that many ancestors).
 
     Each simulation deepens the tree by at most one. On a GPU the new node's depth is copied to pinned memory
     asynchronously and read once its event has completed; until then the bound grows by one per simulation.
@@ -165,7 +168,7 @@ class DepthBound:
             self.buffers = torch.zeros(num_simulations + 1, dtype=torch.long, pin_memory=True)
 
     def max_steps(self, simulation: int) -> int:
-        """Selection steps that suffice for 1-based `simulation`: the depth after simulation - 1, plus one."""
+        """An upper bound on the depth of the leaf that 1-based `simulation` adds."""
         while self.pending and self.pending[0][2].query():
             done, buffer, _ = self.pending.popleft()
             self.known_depth, self.known_after = max(self.known_depth, int(buffer)), done
@@ -185,14 +188,68 @@ class DepthBound:
 
 def run_simulations(model: SearchModel, state: object, tree: Tree, params: SearchParams) -> Tree:
     """Run `params.num_simulations` simulations on a tree built by `init_tree`, in place, and return it."""
-    device = tree.node_values.device
-    weights = discount_matrix(params.num_simulations + 1, params.discount, tree.node_values.dtype, device)
-    exploration = exploration_table(params, tree.node_values.dtype, device)
+    device, dtype = tree.node_values.device, tree.node_values.dtype
+    tables = discount_tables(params.num_simulations + 2, params.discount, dtype, device)
+    exploration = exploration_table(params, dtype, device)
+    if params.cuda_graphs and params.num_simulations > 1:
+        return run_simulations_graphed(model, state, tree, params, tables, exploration)
     depth_bound = DepthBound(device, params.num_simulations)
+    node = torch.ones(1, dtype=torch.long, device=device)  # the node the next simulation adds
     for simulation in range(1, params.num_simulations + 1):
-        parent, action, path = simulate(tree, depth_bound.max_steps(simulation), params, exploration)
+        width = depth_bound.max_steps(simulation)
+        parent, action, path = simulate(tree, simulation, width, params, exploration)
         step = model.recurrent_inference(state, path, action, simulation)
-        expand(tree, parent, action, simulation, step)
-        backward(tree, path, simulation, step.value, params.discount, weights)
+        expand(tree, parent, action, node, step)
+        backward(tree, node, width, step.value, params.discount, tables)
         depth_bound.record(simulation, tree.node_depth[:, simulation])
+        node.add_(1)
+    return tree
+
+
+def run_simulations_graphed(
+    model: SearchModel, state: object, tree: Tree, params: SearchParams, tables: tuple[Tensor, Tensor], exploration: Tensor
+) -> Tree:
+    """`run_simulations` with the bookkeeping captured once as two CUDA graphs and replayed every simulation, so its
+    few dozen small kernels cost one launch on each side of the model instead of one launch apiece.
+
+    Graphs need fixed shapes and addresses: selection scores every node slot, paths keep every column, the node
+    index lives in a device counter, and the model's outputs are copied into fixed buffers. The first simulation
+    runs eagerly (it also warms up the libraries the graphs use). Off a GPU the same fixed-shape steps run eagerly,
+    which is how the tests check them.
+    """
+    last = params.num_simulations
+    num_nodes, width = last + 1, last  # every slot but the trash; the deepest possible leaf
+    capture = tree.node_values.device.type == "cuda"
+
+    def select() -> tuple[Tensor, Tensor, Tensor]:
+        return simulate(tree, num_nodes, width, params, exploration)
+
+    def update(parent: Tensor, action: Tensor, node: Tensor, step: RecurrentOutput) -> None:
+        expand(tree, parent, action, node, step)
+        backward(tree, node, width, step.value, params.discount, tables)
+        node.add_(1)
+
+    parent, action, path = select()
+    first = model.recurrent_inference(state, path, action, 1)
+    counter = torch.ones(1, dtype=torch.long, device=parent.device)  # the node the next simulation adds
+    buffers = RecurrentOutput(first.reward.clone(), first.value.clone(), first.policy_logits.clone())
+    update(parent, action, counter, buffers)
+    if capture:
+        selection, updating = torch.cuda.CUDAGraph(), torch.cuda.CUDAGraph()
+        with torch.cuda.graph(selection):
+            parent, action, path = select()
+        with torch.cuda.graph(updating):
+            update(parent, action, counter, buffers)
+    for simulation in range(2, last + 1):
+        if capture:
+            selection.replay()  # refills parent, action and path in place
+        else:
+            parent, action, path = select()
+        step = model.recurrent_inference(state, path, action, simulation)
+        for buffer, value in zip(buffers, step):
+            buffer.copy_(value)
+        if capture:
+            updating.replay()
+        else:
+            update(parent, action, counter, buffers)
     return tree

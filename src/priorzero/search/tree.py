@@ -23,6 +23,8 @@ class Tree:
     node_rewards: Tensor  # [B, N] reward of the edge into the node (0 at the root)
     node_actions: Tensor  # [B, N] long, action taken from the parent into the node
     node_depth: Tensor  # [B, N] long, 0 at the root
+    node_path: Tensor  # [B, N, N] long, each node's path: column j holds its ancestor at depth j (itself at its own
+    # depth, the root 0 in column 0), -1 below it
     children_index: Tensor  # [B, N, K] long, node index of each child or UNEXPANDED
     children_stats: Tensor  # [B, N, 3, K] per child: prior, visits, Q = reward + discount * value (one gather)
     candidate_mask: Tensor  # [B, K] bool, which candidates exist
@@ -87,6 +89,7 @@ def init_tree(root_prior: Tensor, root_value: Tensor, candidate_mask: Tensor, nu
         node_rewards=zeros(batch, nodes),
         node_actions=longs(batch, nodes, fill=0),
         node_depth=longs(batch, nodes, fill=0),
+        node_path=torch.cat([longs(batch, nodes, 1, fill=0), longs(batch, nodes, nodes - 1, fill=-1)], dim=2),
         children_index=longs(batch, nodes, candidates, fill=UNEXPANDED),
         children_stats=children_stats,
         candidate_mask=mask,
