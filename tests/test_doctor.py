@@ -72,6 +72,7 @@ def test_replayed_churn_shows_movement_and_processes(capsys):
     (gpu,) = report.gpus
     assert gpu.moved_bytes > 8 * 2**30
     assert "moved" in report.recommendation.reason
+    assert any("a neighbour is allocating and freeing" in line for line in report.advice)
 
 
 def test_malformed_visible_devices_is_a_problem_not_a_crash(capsys, monkeypatch):

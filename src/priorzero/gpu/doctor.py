@@ -26,7 +26,7 @@ from priorzero.gpu import inventory
 from priorzero.gpu.budget import BudgetSpec, format_size
 from priorzero.gpu.inventory import GpuStatus
 from priorzero.gpu.nvml import NvmlLike, NvmlUnavailable
-from priorzero.gpu.placement import PlacementPlan, plan_placement
+from priorzero.gpu.placement import STABILITY_BUCKET_BYTES, PlacementPlan, plan_placement
 from priorzero.gpu.visible import parse_visible_devices
 
 ENV_VARS = (
@@ -141,6 +141,12 @@ def _check_environment(gpus: Sequence[GpuStatus], environ: Mapping[str, str], pr
         advice.append("export CUDA_DEVICE_ORDER=PCI_BUS_ID so CUDA numbers GPUs like nvidia-smi (PriorZero sets it for its own processes)")
     elif order != "PCI_BUS_ID" and len(gpus) > 1:
         problems.append(f"CUDA_DEVICE_ORDER={order}: CUDA indices may not match nvidia-smi's; set CUDA_DEVICE_ORDER=PCI_BUS_ID")
+    for gpu in gpus:
+        if gpu.moved_bytes >= STABILITY_BUCKET_BYTES:
+            advice.append(
+                f"GPU {gpu.index}'s free memory moved {format_size(gpu.moved_bytes)} over {gpu.samples} samples: a neighbour is "
+                "allocating and freeing; budgets are checked against the window's minimum, so size --gpu-memory from that"
+            )
     if any(g.latest.mig_enabled for g in gpus):
         advice.append("MIG is on: address a slice by its MIG-… UUID in CUDA_VISIBLE_DEVICES (`nvidia-smi -L` lists them)")
 
