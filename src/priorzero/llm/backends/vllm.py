@@ -23,6 +23,7 @@ whose blocks were computed by the old weights.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
@@ -105,7 +106,8 @@ class VLLMPrior:
         self.version = 0
         self.lora_request = None
         self.stats = PriorStats()
-        self.prefix_cache_fallbacks = 0
+        self.prefix_cache_fallbacks = 0  # candidate requests scored again with the cache read off
+        self.cached_prompt_tokens = 0  # prompt tokens served from the prefix cache while scoring
 
     @classmethod
     def start(
@@ -129,6 +131,8 @@ class VLLMPrior:
             return cls(vllm.LLM(**kwargs), llm_config, length)
 
         if placement is None:
+            # The CPU build runs its engine core in this process: no spawn (which needs a __main__ guard).
+            os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
             return build("cpu", None)
         from priorzero.gpu.start import StartPolicy, start_engine
 
@@ -168,6 +172,7 @@ class VLLMPrior:
             outputs = self._run([prompts[g] + candidates[g][k] for g, k in wave], read_prefix_cache=True)
             retry = []
             for (g, k), output in zip(wave, outputs):
+                self.cached_prompt_tokens += output.num_cached_tokens or 0
                 if output.num_cached_tokens is not None and output.num_cached_tokens >= len(prompts[g]):
                     retry.append((g, k))  # cached past the prompt: some candidate logits were never computed
                     continue
@@ -212,7 +217,8 @@ class VLLMPrior:
         """Load full weights (transformers parameter names) into the running engine; returns the new version."""
         items = list(named_tensors.items() if isinstance(named_tensors, dict) else named_tensors)
         weights = [(name, tensor.detach().to("cpu")) for name, tensor in items]
-        self.llm.apply_model(lambda model: model.load_weights(iter(weights)))
+        # The worker's in-place reload takes checkpoint (transformers) names and redoes vLLM's post-load processing.
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights, "is_checkpoint_format": True})
         return self._bump("weights")
 
     def load_lora(self, adapter_dir: str | Path) -> int:
