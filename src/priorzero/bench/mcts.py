@@ -16,6 +16,7 @@ On a GPU the bench also checks that the search there gives the same visit counts
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import statistics
 import time
@@ -118,8 +119,7 @@ def one_search(model: WorldModel, inputs: dict[str, torch.Tensor], params: Searc
 
 
 def search_params(config: Config, simulations: int, cuda_graphs: bool = False) -> SearchParams:
-    s = config.search
-    return SearchParams(simulations, s.pb_c_base, s.pb_c_init, s.discount, s.min_q_spread, cuda_graphs)
+    return dataclasses.replace(SearchParams.from_config(config.search), num_simulations=simulations, cuda_graphs=cuda_graphs)
 
 
 def run_cell(model: WorldModel, device: torch.device, mode: str, games: int, simulations: int, candidates: int, repeats: int, config: Config) -> Row:

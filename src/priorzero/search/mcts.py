@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from priorzero.config import SearchConfig
 from priorzero.search.interface import RecurrentOutput, SearchModel
 from priorzero.search.tree import PRIOR, Q, VISITS, Tree
 
@@ -26,6 +27,11 @@ class SearchParams:
     discount: float = 0.997
     min_q_spread: float = 0.01  # floor on max - min when normalising Q (LightZero's value_delta_max)
     cuda_graphs: bool = False  # on a GPU, replay the bookkeeping (simulate, expand, backward) as two CUDA graphs
+
+    @classmethod
+    def from_config(cls, search: SearchConfig) -> SearchParams:
+        """The search section of priorzero.config.Config as search parameters."""
+        return cls(search.num_simulations, search.pb_c_base, search.pb_c_init, search.discount, search.min_q_spread, search.cuda_graphs)
 
 
 def masked_softmax(logits: Tensor, mask: Tensor) -> Tensor:
@@ -186,13 +192,18 @@ class DepthBound:
         self.pending.append((simulation, buffer, event))
 
 
+def search_constants(tree: Tree, params: SearchParams) -> tuple[tuple[Tensor, Tensor], Tensor]:
+    """The discount tables and the exploration table of one search, on the tree's device."""
+    device, dtype = tree.node_values.device, tree.node_values.dtype
+    return discount_tables(params.num_simulations + 2, params.discount, dtype, device), exploration_table(params, dtype, device)
+
+
 def run_simulations(model: SearchModel, state: object, tree: Tree, params: SearchParams) -> Tree:
     """Run `params.num_simulations` simulations on a tree built by `init_tree`, in place, and return it."""
-    device, dtype = tree.node_values.device, tree.node_values.dtype
-    tables = discount_tables(params.num_simulations + 2, params.discount, dtype, device)
-    exploration = exploration_table(params, dtype, device)
-    if params.cuda_graphs and params.num_simulations > 1:
-        return run_simulations_graphed(model, state, tree, params, tables, exploration)
+    device = tree.node_values.device
+    if params.cuda_graphs and device.type == "cuda" and params.num_simulations > 1:
+        return run_simulations_graphed(model, state, tree, params)
+    tables, exploration = search_constants(tree, params)
     depth_bound = DepthBound(device, params.num_simulations)
     node = torch.ones(1, dtype=torch.long, device=device)  # the node the next simulation adds
     for simulation in range(1, params.num_simulations + 1):
@@ -206,9 +217,7 @@ def run_simulations(model: SearchModel, state: object, tree: Tree, params: Searc
     return tree
 
 
-def run_simulations_graphed(
-    model: SearchModel, state: object, tree: Tree, params: SearchParams, tables: tuple[Tensor, Tensor], exploration: Tensor
-) -> Tree:
+def run_simulations_graphed(model: SearchModel, state: object, tree: Tree, params: SearchParams) -> Tree:
     """`run_simulations` with the bookkeeping captured once as two CUDA graphs and replayed every simulation, so its
     few dozen small kernels cost one launch on each side of the model instead of one launch apiece.
 
@@ -217,6 +226,7 @@ def run_simulations_graphed(
     runs eagerly (it also warms up the libraries the graphs use). Off a GPU the same fixed-shape steps run eagerly,
     which is how the tests check them.
     """
+    tables, exploration = search_constants(tree, params)
     last = params.num_simulations
     num_nodes, width = last + 1, last  # every slot but the trash; the deepest possible leaf
     capture = tree.node_values.device.type == "cuda"
