@@ -91,9 +91,9 @@ def _root() -> None:
 
 @functools.cache  # main() may run many times in one process (tests); register once
 def _register_commands() -> None:
-    from priorzero.commands import bench, config_cmd, doctor, games, play
+    from priorzero.commands import bench, config_cmd, doctor, eval, games, play, train
 
-    for module in (config_cmd, bench, doctor, games, play):
+    for module in (config_cmd, bench, doctor, games, play, train, eval):
         module.register(app)
 
 

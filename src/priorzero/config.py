@@ -84,8 +84,7 @@ class ModelConfig(_Section):
 class TrainConfig(_Section):
     max_iter: int | None = Field(None, ge=1, description="Stop after this many collect/learn iterations.")
     max_env_steps: int | None = Field(None, ge=1, description="Stop after this many environment steps.")
-    # Collection: one iteration plays one episode on each of env.num_envs games, then learns.
-    collect_temperature: float = Field(1.0, gt=0, description="Temperature of the visit policy the collector samples from.")
+    # Replay: one iteration plays one episode on each of env.num_envs games, then learns.
     buffer_steps: int = Field(50_000, ge=1, description="Replay buffer capacity in environment steps (oldest segments go first).")
     segment_length: int = Field(10, ge=1, description="Steps per replay segment (episodes are cut into segments).")
     # World model.

@@ -5,6 +5,7 @@ from typing import Annotated
 
 import typer
 
+from priorzero.errors import UserError
 from priorzero.cli import (
     ConfigFileOpt,
     EnvIdOpt,
@@ -46,6 +47,10 @@ def train(
     from priorzero.train.loop import run_training
 
     setup_logging(verbose)
+    if resume and run_dir is not None and not (preset or quick_test or config or set_ or env_id or game_dir or seed is not None):
+        config = run_dir / "config.yaml"  # resuming with no config options: the run's own config
+        if not config.is_file():
+            raise UserError(f"cannot resume: {run_dir} is not a run directory (no config.yaml)")
     resolved = resolve_config(preset, quick_test, config, set_, env_id, game_dir, seed, max_iter, max_env_steps)
     return run_training(resolved, run_dir=run_dir, resume=resume)
 

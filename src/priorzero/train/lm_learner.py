@@ -83,7 +83,10 @@ class LMLearner:
 
     def update(self, buffer: ReplayBuffer, rng: np.random.Generator) -> dict[str, float]:
         """One optimiser step on `lm_batch_size` steps sampled from the buffer; returns the losses."""
-        records = [segment.records[position] for segment, position in buffer.sample_steps(self.config.lm_batch_size, rng)]
+        return self.step([segment.records[position] for segment, position in buffer.sample_steps(self.config.lm_batch_size, rng)])
+
+    def step(self, records: list[StepRecord]) -> dict[str, float]:
+        """One optimiser step on these records, in micro-batches of at most `micro_batch`."""
         records = [r for r in records if len(r.commands) > 1 and r.visit_counts]  # one command teaches nothing
         if not records:
             return {}

@@ -89,6 +89,7 @@ class Trainer:
         from priorzero.train.wm_learner import WMLearner
 
         self.config = config
+        logging.getLogger("sentence_transformers").setLevel(logging.WARNING)  # its per-call progress bars
         seed_everything(config.run.seed)
         self.prior = PriorModel(HFPrior.from_config(config.llm))
         self.device = self.prior.lm.device

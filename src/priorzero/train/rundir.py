@@ -160,15 +160,17 @@ def plot_curves(rows: list[dict[str, float]]) -> bytes:
 
     fig, axes = plt.subplots(1, len(CURVE_PANELS), figsize=(5 * len(CURVE_PANELS), 3.6))
     for ax, (title, keys) in zip(axes, CURVE_PANELS):
+        plotted = 0
         for key in keys:
             points = [(row["env_steps"], row[key]) for row in rows if key in row]
             if points:
                 xs, ys = zip(*points)
                 ax.plot(xs, ys, marker=".", label=key.split("/")[-1])
+                plotted += 1
         ax.set_title(title)
         ax.set_xlabel("environment steps")
         ax.grid(alpha=0.3)
-        if len(keys) > 1:
+        if len(keys) > 1 and plotted:
             ax.legend()
     fig.tight_layout()
     out = io.BytesIO()

@@ -1,0 +1,49 @@
+"""Evaluate agents with a checkpoint's weights (what `priorzero eval` and `play --checkpoint` load)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from priorzero.config import Config, _deep_merge, parse_override
+from priorzero.errors import UserError
+from priorzero.train.checkpoint import load_checkpoint, resolve_checkpoint_path
+from priorzero.train.evaluator import AgentScore, evaluate
+from priorzero.train.loop import CHECKPOINT_FORMAT, Trainer, stored_config
+
+
+def trainer_from_checkpoint(path: Path, env_id: str | None = None, game_dir: Path | None = None, overrides: list[str] = ()) -> Trainer:
+    """A Trainer holding the checkpoint's models, under the run's config changed by the given options."""
+    source = resolve_checkpoint_path(path)
+    state = load_checkpoint(source)
+    if state.get("format") != CHECKPOINT_FORMAT:
+        raise UserError(f"{source} is not a PriorZero training checkpoint")
+    raw = stored_config(state).model_dump(mode="json")
+    for text in overrides:
+        raw = _deep_merge(raw, parse_override(text))
+    for key, value in (("env_id", env_id), ("game_dir", str(game_dir) if game_dir else None)):
+        if value is not None:
+            raw["env"][key] = value
+    config = _validated(raw)
+    trainer = Trainer(config)
+    try:
+        trainer.load_state_dict(state, weights_only=True)
+    except (RuntimeError, KeyError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"checkpoint {source} does not match the config ({first[:200]}); drop the --set options that change the models") from None
+    return trainer
+
+
+def _validated(raw: dict) -> Config:
+    from priorzero.config import build_config
+
+    return build_config(extra=raw)
+
+
+def evaluate_checkpoint(
+    path: Path, agents: list[str], episodes: int, env_id: str | None = None, game_dir: Path | None = None, overrides: list[str] = ()
+) -> dict[str, AgentScore]:
+    trainer = trainer_from_checkpoint(path, env_id, game_dir, overrides)
+    try:
+        return {name: evaluate(trainer.games, trainer.agent(name), episodes) for name in agents}
+    finally:
+        trainer.close()

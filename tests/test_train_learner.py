@@ -1,0 +1,98 @@
+"""The language-model learner with the real embedded model on real prompts from the default TextWorld game:
+the losses move the prior toward the search's visits, and the out-of-memory retry (made real by a memory budget
+smaller than the first micro-batch needs) halves the micro-batch and gives the same update."""
+
+import logging
+
+import pytest
+import torch
+
+from priorzero.config import build_config
+from priorzero.envs.base import make_game
+from priorzero.llm.backends.hf import HFPrior
+from priorzero.train.agents import GameState, PriorModel
+from priorzero.train.buffer import StepRecord
+from priorzero.train.lm_learner import LMLearner
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def config():
+    return build_config("quick", overrides=["llm.history_steps=2", "train.kl_loss_weight=0.1"])
+
+
+@pytest.fixture(scope="module")
+def backend(config):
+    return HFPrior.from_config(config.llm)
+
+
+@pytest.fixture(scope="module")
+def records(config, backend) -> list[StepRecord]:
+    """Four steps of the default game, two early (short prompts) then two with history (longer prompts)."""
+    game = make_game(config.env.env_id, config.env)
+    try:
+        walkthrough = game.walkthrough()
+        state = GameState(game.reset(0))
+        prior = PriorModel(backend)
+        out = []
+        for command in walkthrough[:4]:
+            prompts, priors = prior.priors([state])
+            action = state.commands.index(command)
+            visits = [1] * len(state.commands)
+            visits[action] = 10
+            step = game.step(command)
+            out.append(StepRecord(state.observation.text, list(state.commands), prompts[0], priors[0].tolist(), 0.0, visits, action, step.reward, False, 0, value_target=float(step.reward)))
+            state.history.append((command, step.observation.text))
+            state.observation = step.observation
+        return sorted(out, key=lambda r: len(r.prompt_ids))
+    finally:
+        game.close()
+
+
+def fresh_learner(config, **train) -> LMLearner:
+    """A learner around a freshly loaded model (wrapping it in LoRA changes the model in place)."""
+    backend = HFPrior.from_config(config.llm)
+    torch.manual_seed(0)  # the LoRA adapter's initialisation
+    return LMLearner(PriorModel(backend), config.train.model_copy(update=train))
+
+
+def adapter(learner: LMLearner) -> dict[str, torch.Tensor]:
+    return {name: value.clone() for name, value in learner.state_dict()["weights"].items()}
+
+
+def test_updates_move_the_prior_toward_the_visits(config, records):
+    learner = fresh_learner(config, lm_lr=1e-3, pg_loss_weight=0.0)
+    record = records[-1]
+    before = learner.prior.log_priors_with_grad([record.prompt_ids], [record.commands])[0].exp()[record.action].item()
+    for _ in range(3):
+        metrics = learner.step(records)
+    after = learner.prior.log_priors_with_grad([record.prompt_ids], [record.commands])[0].exp()[record.action].item()
+    assert after > before
+    assert metrics["kl"] > 0 and learner.prior.version == 3
+
+
+def test_out_of_memory_halves_the_micro_batch_and_gives_the_same_update(config, records, caplog):
+    reference = fresh_learner(config, lm_micro_batch=1)
+    reference.step(records)
+    expected = adapter(reference)
+    one_step = max(reference._planned_bytes([r_]) for r_ in _examples(reference, records))
+    two_large = reference._planned_bytes(_examples(reference, records)[2:])
+    assert one_step < two_large
+
+    # The first micro-batch (the two short prompts) fits, the second does not: its gradients must be dropped.
+    budget = (one_step + two_large) // 2
+    learner = fresh_learner(config, lm_micro_batch=2, lm_memory_budget=str(budget))
+    assert learner._planned_bytes(_examples(learner, records)[:2]) <= budget
+    with caplog.at_level(logging.WARNING, logger="priorzero.train.microbatch"):
+        metrics = learner.step(records)
+    assert learner.micro_batch == 1 and learner.oom_retries == 1 and metrics["micro_batch"] == 1
+    assert "out of memory with micro-batch 2" in caplog.text and "halving to 1" in caplog.text
+    for name, value in adapter(learner).items():
+        assert torch.allclose(value, expected[name], atol=1e-6), name
+
+
+def _examples(learner, records):
+    from priorzero.train.lm_learner import LMExample
+
+    return [LMExample(r, 0.0) for r in records]

@@ -1,0 +1,190 @@
+"""`priorzero train` and `priorzero eval` end to end through the real CLI, on a tiny budget: the embedded language
+model, the default TextWorld game in worker processes, the world model and the search, all real.
+
+A reference run of two iterations is compared with a run that is killed (-9) while writing its second checkpoint
+and then resumed: the checkpoint on disk stays whole and the resumed run ends with exactly the reference's
+counters, replay records (observations, priors, visit counts, actions) and weights.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+pytestmark = pytest.mark.slow
+
+# A few dozen environment steps: 2 games x 4 steps per iteration, 2 iterations.
+TINY = {
+    "env": {"num_envs": 2, "max_episode_steps": 4},
+    "llm": {"history_steps": 1, "prompt_tokens": 384},
+    "search": {"num_simulations": 4},
+    "train": {
+        "wm_updates_per_iter": 2,
+        "wm_batch_size": 4,
+        "lm_updates_per_iter": 1,
+        "lm_batch_size": 2,
+        "lm_micro_batch": 2,
+        "eval_episodes": 1,
+        "eval_agents": ["random", "priorzero"],
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_config(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("config") / "tiny.yaml"
+    path.write_text(yaml.safe_dump(TINY))
+    return path
+
+
+def priorzero(*args: str, env: dict | None = None, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "priorzero.cli", *args], capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=600, **kwargs
+    )
+
+
+def start(*args: str, env: dict | None = None) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "priorzero.cli", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})}
+    )
+
+
+def checkpoint(run: Path) -> dict:
+    return torch.load(run / "checkpoints" / "latest.pt", weights_only=True)
+
+
+def replay(state: dict) -> list[tuple]:
+    return [
+        (r["episode"], r["t"], r["observation"], r["action"], r["visit_counts"], [round(p, 5) for p in r["prior"]], r["lm_version"])
+        for segment in state["buffer"]["segments"]
+        for r in segment["records"]
+    ]
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory, tiny_config) -> Path:
+    run = tmp_path_factory.mktemp("runs") / "reference"
+    result = priorzero("train", "--preset", "quick", "--config", str(tiny_config), "--max-iter", "2", "--run-dir", str(run))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return run
+
+
+def test_quick_path_writes_a_complete_run_directory(reference_run):
+    for name in ("config.yaml", "train.log", "metrics.jsonl", "summary.json", "curves.png", "checkpoints/latest.pt"):
+        assert (reference_run / name).is_file(), name
+    assert list(reference_run.glob("events.out.tfevents.*")), "no TensorBoard events"
+    summary = json.loads((reference_run / "summary.json").read_text())
+    assert summary["counters"]["iteration"] == 2
+    assert summary["counters"]["env_steps"] == len(replay(checkpoint(reference_run))) > 0
+    assert summary["counters"]["lm_updates"] == 2 and summary["counters"]["wm_updates"] == 4
+    assert set(summary["evaluation"]) == {"random", "priorzero"}
+    for score in summary["evaluation"].values():
+        assert 0.0 <= score["normalised_score"] <= 1.0 and score["episodes"] == 1
+    rows = [json.loads(line) for line in (reference_run / "metrics.jsonl").read_text().splitlines()]
+    training_rows = [row for row in rows if "wm/loss" in row]
+    assert len(training_rows) == 2
+    for key in ("lm/visit_ce", "lm/kl", "episode/normalised_score", "search/visit_entropy", "speed/env_steps_per_s"):
+        assert key in training_rows[-1], key
+    state = checkpoint(reference_run)
+    assert state["language_model"]["version"] == 2
+    assert all(r["lm_version"] in (0, 1) for segment in state["buffer"]["segments"] for r in segment["records"])
+    assert any("lora_" in name for name in state["language_model"]["weights"])  # the adapter, not the whole model
+
+
+def test_kill_during_checkpoint_write_keeps_the_previous_one_and_resume_matches_the_reference(tmp_path, tiny_config, reference_run):
+    run = tmp_path / "killed"
+    args = ("train", "--preset", "quick", "--config", str(tiny_config), "--max-iter", "2", "--run-dir", str(run))
+    process = start(*args, env={"PRIORZERO_TEST_CHECKPOINT_WRITE_DELAY_S": "5"})
+    latest = run / "checkpoints" / "latest.pt"
+    try:
+        deadline = time.monotonic() + 500
+        while not latest.exists():  # the first checkpoint (iteration 1) completes after its slow write
+            assert process.poll() is None and time.monotonic() < deadline, process.stderr.read()[-3000:] if process.poll() is not None else "timeout"
+            time.sleep(0.2)
+        first_bytes = latest.read_bytes()
+        while not list(latest.parent.glob(".latest.pt.*.tmp")):  # the second write has begun
+            assert process.poll() is None and time.monotonic() < deadline, "the run ended before its second checkpoint"
+            time.sleep(0.05)
+        time.sleep(0.5)  # inside the write: half the bytes are on disk
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert latest.read_bytes() == first_bytes
+    assert checkpoint(run)["counters"]["iteration"] == 1
+
+    result = priorzero(*args, "--resume")
+    assert result.returncode == 0, result.stderr[-3000:]
+    resumed, reference = checkpoint(run), checkpoint(reference_run)
+    assert resumed["counters"] == reference["counters"]
+    assert replay(resumed) == replay(reference)  # same next observations, priors, visit counts and actions
+    for name, value in reference["world_model"]["model"].items():
+        assert torch.allclose(resumed["world_model"]["model"][name], value, atol=1e-6), name
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [row["env_steps"] for row in rows if "wm/loss" in row] == sorted({row["env_steps"] for row in rows if "wm/loss" in row})
+
+
+def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(tmp_path, tiny_config):
+    run = tmp_path / "interrupted"
+    process = start("train", "--preset", "quick", "--config", str(tiny_config), "--max-iter", "50", "--run-dir", str(run))
+    try:
+        deadline = time.monotonic() + 500
+        while not (run / "checkpoints" / "latest.pt").exists():
+            assert process.poll() is None and time.monotonic() < deadline, "no checkpoint appeared"
+            time.sleep(0.2)
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=300)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 130, stderr[-3000:]
+    assert "Traceback" not in stderr
+    assert "--resume" in stderr
+    assert json.loads((run / "summary.json").read_text())["interrupted"] is True
+    assert checkpoint(run)["counters"]["iteration"] >= 1
+
+
+def test_eval_scores_a_run_and_prints_json(reference_run):
+    result = priorzero("eval", str(reference_run), "--agent", "random", "--agent", "llm", "--episodes", "2", "--json")
+    assert result.returncode == 0, result.stderr[-3000:]
+    scores = json.loads(result.stdout.strip().splitlines()[-1])
+    assert set(scores) == {"random", "llm"}
+    assert scores["llm"]["episodes"] == 2 and len(scores["llm"]["results"]) == 2
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["train", "--preset", "nope"], "unknown preset 'nope'"),
+        (["train", "--resume", "--run-dir", "{missing}"], "cannot resume"),
+        (["eval", "{missing}"], "no checkpoint at"),
+    ],
+)
+def test_bad_input_is_one_line(tmp_path, args, expected):
+    args = [a.format(missing=tmp_path / "missing") for a in args]
+    result = priorzero(*args)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()] and expected in result.stderr
+
+
+def test_existing_run_dir_without_resume_is_refused_and_left_untouched(reference_run, tiny_config):
+    before = {p: p.stat().st_mtime_ns for p in reference_run.rglob("*")}
+    result = priorzero("train", "--preset", "quick", "--config", str(tiny_config), "--run-dir", str(reference_run))
+    assert result.returncode == 2 and "already exists; pass --resume" in result.stderr
+    assert {p: p.stat().st_mtime_ns for p in reference_run.rglob("*")} == before
+
+
+def test_checkpoint_that_does_not_match_the_config_is_refused(reference_run, tiny_config):
+    resume = priorzero("train", "--preset", "quick", "--config", str(tiny_config), "--set", "model.latent_dim=64", "--resume", "--run-dir", str(reference_run))
+    assert resume.returncode == 2 and "config differs from the stored one in model.latent_dim" in resume.stderr
+    evaluation = priorzero("eval", str(reference_run), "--set", "model.latent_dim=64")
+    assert evaluation.returncode == 2 and "does not match the config" in evaluation.stderr
+    assert len(evaluation.stderr.strip().splitlines()) == 1
