@@ -34,5 +34,26 @@ def test_micro_batch_stays_inside_the_budget():
     assert batch >= 2
 
 
+def test_fit_checks_the_real_peak_under_a_capped_allocator():
+    device = "cuda:0"
+    layer = torch.nn.Sequential(torch.nn.Linear(2048, 8192), torch.nn.GELU(), torch.nn.Linear(8192, 2048)).to(device)
+
+    def run(n):  # sizes that differ per call fragment the allocator's cache, as real batches do
+        x = torch.randn(n, 300 + 7 * n, 2048, device=device)
+        layer(x).square().mean().backward()
+
+    budget = 3 * GiB
+    memory = TorchMemory(budget, device, context_bytes=DEFAULT_CONTEXT_BYTES)
+    memory.cap_allocator()
+    try:
+        batch = memory.fit(run)
+        memory.reset_peak()
+        run(batch)
+        assert memory.peak_bytes() <= budget * 1.05
+        assert batch >= 2
+    finally:
+        torch.cuda.set_per_process_memory_fraction(1.0, device)
+
+
 def test_context_measurement_without_nvml_falls_back():
     assert measure_context_bytes(None, "cuda:0") == DEFAULT_CONTEXT_BYTES

@@ -181,21 +181,21 @@ def start_ours(nvml: Any, checkpoint: Path, device: str, budget: int, context_by
     model = started.engine
     memory = TorchMemory(placement.budget_bytes or budget, placement.device, context_bytes)
     weights = torch.cuda.memory_allocated(placement.device)
-    per_item, fixed = memory.probe(lambda n: score(model, n, placement.device, generator))
-    # The CUDA context grows as kernels load lazily; recount it (NVML, this process only) after the probe ran them.
+    # The CUDA context grows as kernels load lazily; count it (NVML, this process only) after a first run.
+    score(model, 1, placement.device, generator)
     memory.context_bytes = measure_context_bytes(own_process_bytes(nvml, placement.gpu.index), placement.device)  # type: ignore[union-attr]
-    score_batch = memory.micro_batch(per_item, fixed)
+    memory.cap_allocator()
+    score_batch = memory.fit(lambda n: score(model, n, placement.device, generator))
     score(model, score_batch, placement.device, generator)
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-4)
-    per_item_t, fixed_t = memory.probe(lambda n: train_step(model, optimizer, n, placement.device, generator))
-    train_batch = memory.micro_batch(per_item_t, fixed_t)
+    train_batch = memory.fit(lambda n: train_step(model, optimizer, n, placement.device, generator))
     train_step(model, optimizer, train_batch, placement.device, generator)
     report = StartReport("transformers", placement.device, ready_s, weights, placement.budget_bytes, score_batch * SEQUENCE_TOKENS,
                          score_batch // CANDIDATES_PER_GAME, len(started.failed_attempts))  # fmt: skip
     return {
         "ok": True, "ready_s": ready_s, "failed_attempts": [a.reason for a in started.failed_attempts],
-        "score_batch": score_batch, "train_batch": train_batch, "score_item_bytes": per_item,
-        "train_item_bytes": per_item_t, "context_after_probe_bytes": memory.context_bytes, "report": report.summary(),
+        "score_batch": score_batch, "train_batch": train_batch,
+        "context_after_probe_bytes": memory.context_bytes, "report": report.summary(),
     }  # fmt: skip
 
 

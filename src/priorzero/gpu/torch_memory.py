@@ -6,8 +6,14 @@ its CUDA context once, then what PyTorch reserves, and sizes micro-batches from 
 small probe batches.
 
     memory = TorchMemory(budget_bytes, device)
-    per_item, fixed = memory.probe(lambda n: score(batch_of(n)))
-    batch = memory.micro_batch(per_item, fixed)
+    memory.cap_allocator()                            # PyTorch itself refuses to reserve past the budget
+    batch = memory.fit(lambda n: score(batch_of(n)))  # probe, size, then check the real peak and shrink
+
+The probe's linear fit counts allocated bytes; the allocator's real footprint (reserved segments) is larger
+by fragmentation, which grows with batch size (an H100 run sized from allocated bytes alone peaked at 112%
+of its budget). So `fit` runs the chosen batch once and shrinks it until context + peak reservation fits,
+and `cap_allocator` makes an overshoot an out-of-memory error (which the callers halve and retry on)
+rather than a silent excess.
 """
 
 from __future__ import annotations
@@ -71,6 +77,36 @@ class TorchMemory:
         """Items per micro-batch that keep this process inside its budget (at least 1)."""
         items = fit_micro_batch(self.budget_bytes, self.in_use_bytes(), per_item_bytes, fixed_bytes, safety)
         return max(1, min(items, cap) if cap else items)
+
+    def cap_allocator(self) -> None:
+        """Cap PyTorch's reservations on this device at the budget less the CUDA context.
+
+        Past the cap PyTorch frees its cached blocks and, if that is not enough, raises OutOfMemoryError.
+        """
+        total = torch.cuda.get_device_properties(self.device).total_memory
+        fraction = max(0.0, self.budget_bytes - self.context_bytes) / total
+        torch.cuda.set_per_process_memory_fraction(min(1.0, fraction), self.device)
+
+    def fit(self, run_batch: Callable[[int], Any], safety: float = 0.9, cap: int | None = None, rounds: int = 4) -> int:
+        """Largest micro-batch found to keep context + peak reservation inside the budget, checked by running it."""
+        per_item, fixed = self.probe(run_batch)
+        batch = self.micro_batch(per_item, fixed, safety, cap)
+        for _ in range(rounds):
+            torch.cuda.empty_cache()
+            self.reset_peak()
+            try:
+                run_batch(batch)
+                peak = self.peak_bytes()
+            except torch.OutOfMemoryError:
+                peak = 2 * self.budget_bytes  # over the cap: treat as twice the budget, i.e. halve
+            if peak <= self.budget_bytes or batch == 1:
+                break
+            # Shrink in proportion to the overshoot of the part that scales with the batch.
+            base = self.in_use_bytes() + fixed
+            scale = max(0.0, self.budget_bytes * safety - base) / max(1, peak - base)
+            batch = max(1, min(batch - 1, int(batch * scale)))
+        torch.cuda.empty_cache()
+        return batch
 
 
 def measure_context_bytes(nvml_process_bytes: int | None, device: torch.device | str) -> int:
