@@ -150,7 +150,20 @@ class Config(_Section):
 PRESETS: dict[str, dict[str, Any]] = {
     "quick": {
         "run": {"name": "quick"},
-        "llm": {"device": "cpu"},
+        # 20-step episodes: the default game takes 5 steps by its walkthrough; random play needs about 40.
+        "env": {"num_envs": 4, "max_episode_steps": 20},
+        "llm": {"device": "cpu", "history_steps": 2, "prompt_tokens": 512},
+        "search": {"num_simulations": 16},
+        # About 10 minutes on 2 CPU cores, most of it language-model forward and backward passes.
+        "train": {
+            "max_env_steps": 240,
+            "wm_updates_per_iter": 30,
+            "lm_updates_per_iter": 2,
+            "lm_batch_size": 8,
+            "lm_lr": 5e-4,
+            "pg_loss_weight": 0.5,
+            "eval_episodes": 4,
+        },
     },
     "full": {
         "run": {"name": "full"},
@@ -158,6 +171,15 @@ PRESETS: dict[str, dict[str, Any]] = {
         "llm": {"device": "auto"},
         "search": {"num_simulations": 50},
         "model": {"latent_dim": 768, "num_layers": 2, "num_heads": 8},
+        "train": {
+            "wm_batch_size": 64,
+            "wm_updates_per_iter": 50,
+            "lm_batch_size": 64,
+            "lm_micro_batch": 16,
+            "lm_updates_per_iter": 4,
+            "eval_episodes": 10,
+            "eval_agents": ["random", "llm", "wm", "priorzero"],
+        },
     },
 }
 

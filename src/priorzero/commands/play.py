@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -13,7 +14,9 @@ from priorzero.cli import ConfigFileOpt, EnvIdOpt, GameDirOpt, PresetOpt, SeedOp
 from priorzero.envs import GamePool, Observation, StepResult
 from priorzero.envs.agents import AGENTS, Agent, make_agent
 
-AgentOpt = Annotated[str, typer.Option("--agent", help=f"Who plays: {' or '.join(AGENTS)} (you, on standard input).")]
+LEARNED_AGENTS = ("llm", "priorzero")
+AgentOpt = Annotated[str, typer.Option("--agent", help=f"Who plays: {', '.join(AGENTS)} (you, on standard input), llm (the prior's top command) or priorzero (search; needs --checkpoint).")]
+CheckpointOpt = Annotated[Path | None, typer.Option("--checkpoint", help="Run directory or checkpoint file whose weights the llm and priorzero agents use.")]
 StepsOpt = Annotated[int | None, typer.Option("--steps", min=1, help="Most steps to play (default: env.max_episode_steps).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print no transcript; the last line of output is one JSON summary.")]
 
@@ -28,13 +31,19 @@ def play(
     preset: PresetOpt = None,
     config: ConfigFileOpt = None,
     set_: SetOpt = None,
+    checkpoint: CheckpointOpt = None,
     verbose: VerboseOpt = False,
 ) -> None:
     """Play one episode and print the score. The random agent picks uniformly among the valid commands."""
     setup_logging(verbose)
     overrides = list(set_ or []) + ([f"env.max_episode_steps={steps}"] if steps else [])
     resolved = resolve_config(preset, False, config, overrides, env_id, game_dir, seed)
-    player = make_agent(agent, resolved)
+    if agent in LEARNED_AGENTS:
+        from priorzero.train.play_agent import make_learned_player
+
+        player = make_learned_player(agent, checkpoint, resolved)
+    else:
+        player = make_agent(agent, resolved)
     show_transcript = agent == "human" or not json_output
     with GamePool([resolved.env.env_id], resolved.env) as pool:
         summary = _play_episode(pool, player, resolved.run.seed, show_transcript)
