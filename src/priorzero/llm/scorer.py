@@ -93,37 +93,45 @@ def _chunks(pieces: list[_Piece], token_budget: int) -> list[list[_Piece]]:
     return chunks
 
 
+_LENGTH_MULTIPLE = 16  # padded length: keeps the mask's rows aligned for the fused attention kernels
+
+
 def _pack(prompts, candidates, chunk: list[_Piece], offsets: list[int]):
     """Token ids, positions and segment ids (0 prompt, s+1 the s-th candidate of the row, -1 padding) of a chunk,
     plus one entry per candidate token: its row, the position whose hidden state predicts it, its id, and the
-    flat index (offsets[game] + candidate index) of the candidate it belongs to."""
-    length = max(piece.length for piece in chunk)
-    input_ids = torch.zeros(len(chunk), length, dtype=torch.long)
-    positions = torch.zeros(len(chunk), length, dtype=torch.long)
-    segments = torch.full((len(chunk), length), -1, dtype=torch.long)
+    flat index (offsets[game] + candidate index) of the candidate it belongs to. Built as lists, converted once."""
+    longest = max(piece.length for piece in chunk)
+    length = -(-longest // _LENGTH_MULTIPLE) * _LENGTH_MULTIPLE
+    ids_rows, position_rows, segment_rows = [], [], []
     rows, predictors, targets, owners = [], [], [], []
     for row, piece in enumerate(chunk):
         prompt = prompts[piece.game]
         p = len(prompt)
-        input_ids[row, :p] = torch.tensor(prompt)
-        positions[row, :p] = torch.arange(p)
-        segments[row, :p] = 0
-        start = p
+        ids, positions, segments = list(prompt), list(range(p)), [0] * p
         for slot, index in enumerate(piece.candidate_indices):
             cand = candidates[piece.game][index]
             n = len(cand)
             if n == 0:
                 continue
-            input_ids[row, start : start + n] = torch.tensor(cand)
-            positions[row, start : start + n] = torch.arange(p, p + n)  # positions restart after the prompt
-            segments[row, start : start + n] = slot + 1
+            start = len(ids)
+            ids += cand
+            positions += range(p, p + n)  # positions restart after the prompt
+            segments += [slot + 1] * n
             # Token j of the candidate is predicted from the prompt's last token (j = 0) or candidate token j-1.
-            predictors += [p - 1] + list(range(start, start + n - 1))
+            predictors.append(p - 1)
+            predictors += range(start, start + n - 1)
             rows += [row] * n
             targets += cand
             owners += [offsets[piece.game] + index] * n
-            start += n
-    return input_ids, positions, segments, rows, predictors, targets, owners
+        pad = length - len(ids)
+        ids_rows.append(ids + [0] * pad)
+        position_rows.append(positions + [0] * pad)
+        segment_rows.append(segments + [-1] * pad)
+    as_tensor = lambda values: torch.tensor(values, dtype=torch.long)  # noqa: E731
+    return (
+        as_tensor(ids_rows), as_tensor(position_rows), as_tensor(segment_rows),
+        as_tensor(rows), as_tensor(predictors), as_tensor(targets), as_tensor(owners),
+    )  # fmt: skip
 
 
 def block_attention_mask(segments: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -144,18 +152,17 @@ def _score_chunk(model, prompts, candidates, chunk: list[_Piece], offsets: list[
     """[total] float32: this chunk's candidates' summed log-probabilities at their flat indices, zero elsewhere."""
     backbone, lm_head = _split_causal_lm(model)
     device = _model_device(model)
-    input_ids, positions, segments, rows, predictors, targets, owners = _pack(prompts, candidates, chunk, offsets)
+    input_ids, positions, segments, rows, predictors, targets, owners = (
+        t.to(device, non_blocking=True) for t in _pack(prompts, candidates, chunk, offsets)
+    )
     sums = torch.zeros(total, device=device)
-    if not targets:
+    if targets.numel() == 0:
         return sums
-    mask = block_attention_mask(segments.to(device), lm_head.weight.dtype)
-    hidden = backbone(
-        input_ids=input_ids.to(device), attention_mask=mask, position_ids=positions.to(device), use_cache=False
-    ).last_hidden_state
-    picked = hidden[torch.tensor(rows, device=device), torch.tensor(predictors, device=device)]
-    logits = lm_head(picked).float()
-    token_logprobs = logits.log_softmax(-1).gather(1, torch.tensor(targets, device=device)[:, None])[:, 0]
-    return sums.index_add(0, torch.tensor(owners, device=device), token_logprobs)
+    mask = block_attention_mask(segments, lm_head.weight.dtype)
+    hidden = backbone(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=False).last_hidden_state
+    logits = lm_head(hidden[rows, predictors]).float()
+    token_logprobs = logits.log_softmax(-1).gather(1, targets[:, None])[:, 0]
+    return sums.index_add(0, owners, token_logprobs)
 
 
 def score_candidates(
