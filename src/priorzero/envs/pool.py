@@ -113,8 +113,8 @@ class GamePool:
 
     In `step`, a command of None leaves that game alone and its result is None (for callers whose games
     finish at different times). A game whose episode ended (terminated or truncated) must be reset before
-    it is stepped again; `reset_games` resets only some. A reset retries a failed game once in a fresh worker
-    and raises RuntimeError if that fails too. Bad env ids raise UserError here, in the caller's process,
+    it is stepped again; `reset_games` resets only some. A reset retries a failed game once (in a fresh
+    worker if it hung or crashed) and raises RuntimeError if that fails too. Bad env ids raise UserError here, in the caller's process,
     before any worker starts.
     """
 
@@ -149,7 +149,7 @@ class GamePool:
         wanted = dict(zip(indices, seeds))
         replies = self._call({i: ("reset", (seed,)) for i, seed in wanted.items()})
         failed = [i for i, (ok, _) in replies.items() if not ok]
-        if failed:  # one more try, each in a fresh worker
+        if failed:  # one more try
             replies.update(self._call({i: ("reset", (wanted[i],)) for i in failed}))
         for i in wanted:
             ok, value = replies[i]

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import json
 import re
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 from priorzero.envs.base import Observation, StepResult, step_info
 
@@ -35,6 +38,17 @@ def room_name(description: str | None) -> str | None:
     return match.group(1) if match else None
 
 
+@contextmanager
+def _quiet_jericho() -> Iterator[None]:
+    """TextWorld runs its .z8 files through Jericho, which warns that it does not support them (TextWorld
+    supplies the score and valid commands itself)."""
+    from jericho import UnsupportedGameWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UnsupportedGameWarning)
+        yield
+
+
 class TextWorldGame:
     def __init__(self, env_id: str, story_file: Path, valid_commands: bool = True):
         import textworld
@@ -52,18 +66,21 @@ class TextWorldGame:
             description=True,
             inventory=True,
         )
-        self._env = textworld.start(str(self.story_file), request_infos=infos)
+        with _quiet_jericho():
+            self._env = textworld.start(str(self.story_file), request_infos=infos)
         self._state = None
 
     def reset(self, seed: int | None = None) -> Observation:
-        self._state = self._env.reset()
+        with _quiet_jericho():
+            self._state = self._env.reset()
         return self._observe(tidy(self._state.feedback))
 
     def step(self, command: str) -> StepResult:
         if self._state is None:
             raise RuntimeError(f"{self.env_id}: reset() must come before step()")
         previous_score = self._state.score
-        self._state, _, done = self._env.step(command)
+        with _quiet_jericho():
+            self._state, _, done = self._env.step(command)
         observation = self._observe(tidy(self._state.feedback))
         return StepResult(
             observation=observation,
