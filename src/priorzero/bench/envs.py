@@ -73,11 +73,11 @@ def time_pool(env_id: str, config: EnvConfig, workers: int, steps: int, seed: in
         observations = pool.reset([None] * workers)
         started = time.perf_counter()
         for _ in range(rounds):
-            results = pool.step([picker.pick(obs) for picker, obs in zip(pickers, observations)])
+            results = pool.step([picker.pick(obs) for picker, obs in zip(pickers, observations, strict=True)])
             observations = [r.observation for r in results]  # type: ignore[union-attr]
             ended = [i for i, r in enumerate(results) if r.terminated or r.truncated]  # type: ignore[union-attr]
             if ended:
-                for i, observation in zip(ended, pool.reset_games(ended, [None] * len(ended))):
+                for i, observation in zip(ended, pool.reset_games(ended, [None] * len(ended)), strict=True):
                     observations[i] = observation
         elapsed = time.perf_counter() - started
     return rounds * workers / elapsed
@@ -101,7 +101,7 @@ def measure(
     cells = []
     for (valid, mode), rates in runs.items():
         # Each repeat's ratio compares runs made back to back, so load that comes and goes cancels out.
-        ratios = [rate / baseline for rate, baseline in zip(rates, runs[(valid, "in-process")])]
+        ratios = [rate / baseline for rate, baseline in zip(rates, runs[(valid, "in-process")], strict=True)]
         cells.append(Cell(backend, env_id, valid, mode, statistics.median(rates), [round(r, 1) for r in rates], round(statistics.median(ratios), 3)))
     return cells
 
@@ -123,7 +123,7 @@ def bench_envs(
     """Environment steps per second: each backend, with and without valid commands, in-process and in the pool."""
     env = resolve_config(config_file=config, overrides=set_, game_dir=game_dir).env.model_copy(update={"max_episode_steps": 50})
     games = {backend: env_id for backend, env_id in (("textworld", textworld_game), ("jericho", jericho_game)) if env_id}
-    for backend, env_id in games.items():
+    for env_id in games.values():
         resolve(env_id, env)  # bad ids fail now, with the usual message
     steps_by_backend = {"textworld": {True: steps, False: steps}, "jericho": {True: jericho_steps, False: jericho_plain_steps}}
     cells = []

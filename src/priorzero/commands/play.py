@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.progress import Progress
 
 from priorzero.cli import ConfigFileOpt, EnvIdOpt, GameDirOpt, PresetOpt, SeedOpt, SetOpt, VerboseOpt, resolve_config, setup_logging
-from priorzero.envs import GamePool, Observation, StepResult
+from priorzero.envs import GamePool, Observation
 from priorzero.envs.agents import AGENTS, Agent, make_agent
 
 LEARNED_AGENTS = ("llm", "priorzero")

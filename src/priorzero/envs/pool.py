@@ -146,7 +146,7 @@ class GamePool:
         """Reset only the games at `indices` (one seed each); the other games' episodes go on."""
         if len(seeds) != len(indices):
             raise ValueError(f"expected {len(indices)} seeds, one per index, got {len(seeds)}")
-        wanted = dict(zip(indices, seeds))
+        wanted = dict(zip(indices, seeds, strict=True))
         replies = self._call({i: ("reset", (seed,)) for i, seed in wanted.items()})
         failed = [i for i, (ok, _) in replies.items() if not ok]
         if failed:  # one more try
