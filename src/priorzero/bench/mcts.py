@@ -79,11 +79,6 @@ class Row:
     mean_max_depth: float  # deepest node per game, averaged over games (last repeat)
 
 
-def model_shape(config: Config) -> WorldModelShape:
-    m = config.model
-    return WorldModelShape(TEXT_DIM, m.latent_dim, m.num_layers, m.num_heads, m.support_size)
-
-
 def synthetic_inputs(games: int, candidates: int, device: torch.device, generator: torch.Generator) -> dict[str, torch.Tensor]:
     def unit(*shape: int) -> torch.Tensor:
         return torch.nn.functional.normalize(torch.randn(*shape, generator=generator), dim=-1).to(device)
@@ -263,7 +258,7 @@ def register(bench_app: typer.Typer) -> None:
         chosen = _devices(devices)
         torch.set_num_threads(threads)
         torch.manual_seed(seed)
-        shape = model_shape(config)
+        shape = WorldModelShape.from_config(config.model, TEXT_DIM)
         base = WorldModel(shape).eval()
         rows: list[Row] = []
         checks: dict[str, dict[str, Any]] = {}

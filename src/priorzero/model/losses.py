@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from priorzero.config import ModelConfig
 from priorzero.model.support import scalar_to_two_hot
 from priorzero.model.world_model import WorldModel
 
@@ -41,6 +42,10 @@ class LossWeights:
     reward: float = 1.0
     policy: float = 1.0
     latent: float = 2.0
+
+    @classmethod
+    def from_config(cls, model: ModelConfig) -> LossWeights:
+        return cls(model.value_loss_weight, model.reward_loss_weight, model.policy_loss_weight, model.latent_loss_weight)
 
 
 def _kl(target: Tensor, log_probs: Tensor) -> Tensor:

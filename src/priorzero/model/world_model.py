@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from priorzero.config import ModelConfig
 from priorzero.model.support import logits_to_scalar
 from priorzero.search.interface import RecurrentOutput, RootOutput
 
@@ -33,6 +34,11 @@ class WorldModelShape:
     num_layers: int = 2
     num_heads: int = 4
     support_size: int = 30  # value and reward distributions live on the integers -S..S after h()
+
+    @classmethod
+    def from_config(cls, model: ModelConfig, text_dim: int = 384) -> WorldModelShape:
+        """The model section of priorzero.config.Config (text_dim: the text encoder's width)."""
+        return cls(text_dim, model.latent_dim, model.num_layers, model.num_heads, model.support_size)
 
 
 @dataclass
