@@ -21,6 +21,8 @@ from dataclasses import asdict, dataclass
 from typing import Annotated
 
 import typer
+from rich.console import Console
+from rich.progress import Progress
 
 from priorzero.cli import ConfigFileOpt, GameDirOpt, SetOpt, resolve_config
 from priorzero.config import EnvConfig
@@ -89,15 +91,18 @@ def measure(
     """Every (valid commands, mode) cell of one game, `steps[valid]` per run; one repeat's cells run back to back."""
     modes = ["in-process"] + [f"pool {n}" for n in workers]
     runs: dict[tuple[bool, str], list[float]] = {}
-    for repeat in range(repeats):
-        for valid in (True, False):
-            cell_config = config.model_copy(update={"valid_commands": valid})
-            for mode in modes:
-                if mode == "in-process":
-                    rate = time_in_process(env_id, cell_config, steps[valid], seed + repeat)
-                else:
-                    rate = time_pool(env_id, cell_config, int(mode.split()[1]), steps[valid], seed + repeat)
-                runs.setdefault((valid, mode), []).append(rate)
+    with Progress(console=Console(stderr=True), transient=True) as progress:
+        task = progress.add_task(f"timing {env_id}", total=repeats * 2 * len(modes))
+        for repeat in range(repeats):
+            for valid in (True, False):
+                cell_config = config.model_copy(update={"valid_commands": valid})
+                for mode in modes:
+                    if mode == "in-process":
+                        rate = time_in_process(env_id, cell_config, steps[valid], seed + repeat)
+                    else:
+                        rate = time_pool(env_id, cell_config, int(mode.split()[1]), steps[valid], seed + repeat)
+                    runs.setdefault((valid, mode), []).append(rate)
+                    progress.advance(task)
     cells = []
     for (valid, mode), rates in runs.items():
         # Each repeat's ratio compares runs made back to back, so load that comes and goes cancels out.
@@ -132,7 +137,6 @@ def bench_envs(
     if json_output:
         typer.echo(json.dumps({"cells": [asdict(cell) for cell in cells], "steps": steps_by_backend, "repeats": repeats}))
         return
-    from rich.console import Console
     from rich.table import Table
 
     table = Table(title=f"Environment steps/s (median of {repeats})")
