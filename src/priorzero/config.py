@@ -152,14 +152,15 @@ PRESETS: dict[str, dict[str, Any]] = {
         "run": {"name": "quick"},
         # 20-step episodes: the default game takes 5 steps by its walkthrough; random play needs about 40.
         "env": {"num_envs": 4, "max_episode_steps": 20},
-        "llm": {"device": "cpu", "history_steps": 2, "prompt_tokens": 512},
+        # Short prompts: on 2 CPU cores the language model's forward passes are most of the run's time.
+        "llm": {"device": "cpu", "history_steps": 1, "prompt_tokens": 320},
         "search": {"num_simulations": 16},
-        # About 10 minutes on 2 CPU cores, most of it language-model forward and backward passes.
         "train": {
-            "max_env_steps": 240,
-            "wm_updates_per_iter": 30,
-            "lm_updates_per_iter": 2,
-            "lm_batch_size": 8,
+            "max_env_steps": 160,
+            "wm_updates_per_iter": 20,
+            "lm_updates_per_iter": 1,
+            "lm_batch_size": 4,
+            "lm_micro_batch": 4,
             "lm_lr": 5e-4,
             "pg_loss_weight": 0.5,
             "eval_episodes": 4,

@@ -133,7 +133,7 @@ class LMLearner:
             + self.config.kl_loss_weight * losses["kl"]
         )
         (total * weight).backward()
-        return {"loss": float(total), **{name: float(value) for name, value in losses.items()}}
+        return {"loss": float(total.detach()), **{name: float(value.detach()) for name, value in losses.items()}}
 
     def state_dict(self) -> dict:
         trainable = {name: p.detach().cpu() for name, p in self.prior.lm.model.named_parameters() if p.requires_grad}

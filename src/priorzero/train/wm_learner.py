@@ -37,7 +37,7 @@ class WMLearner:
         grad_norm = torch.nn.utils.clip_grad_norm_(self.world_model.parameters(), self.config.grad_clip)
         self.optimizer.step()
         self.world_model.eval()
-        return {"loss": float(losses["total"]), **{k: float(v) for k, v in losses.items() if k != "total"}, "grad_norm": float(grad_norm)}
+        return {"loss": float(losses["total"].detach()), **{k: float(v.detach()) for k, v in losses.items() if k != "total"}, "grad_norm": float(grad_norm)}
 
     def state_dict(self) -> dict:
         return {"model": self.world_model.state_dict(), "optimizer": self.optimizer.state_dict()}
