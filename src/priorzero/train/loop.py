@@ -202,19 +202,12 @@ def seed_everything(seed: int) -> None:
 
 def check_checkpoint_config(state: dict[str, Any], config: Config, source: Path) -> None:
     """The checkpoint must come from a run with this config (run length limits aside)."""
-    from priorzero.config import build_config
     from priorzero.errors import UserError
     from priorzero.train.rundir import config_differences
 
     if state.get("format") != CHECKPOINT_FORMAT:
         raise UserError(f"{source} is not a PriorZero training checkpoint (format {state.get('format')!r})")
-    import tempfile
-
-    with tempfile.NamedTemporaryFile("w", suffix=".yaml") as f:
-        f.write(state["config"])
-        f.flush()
-        stored = build_config(config_file=Path(f.name))
-    differences = config_differences(stored, config)
+    differences = config_differences(stored_config(state), config)
     if differences:
         raise UserError(f"checkpoint {source} was trained with a different config ({', '.join(differences)}); use the run's own config")
 
