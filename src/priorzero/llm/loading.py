@@ -130,6 +130,23 @@ def resolve_model_source(name: str) -> str:
     return name
 
 
+def _hub_reachable(timeout_s: float = 3.0) -> bool:
+    """Whether the model hub's host answers on its port; a fast check instead of the hub client's retries."""
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return False
+    url = urlparse(constants.ENDPOINT)
+    try:
+        with socket.create_connection((url.hostname, url.port or 443), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
+
+
 def load_language_model(llm_config, device: str | torch.device | None = None) -> LanguageModel:
     """Load `llm_config.model` for scoring, on `device` (default: `llm_config.device`) in `llm_config.dtype`."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -137,13 +154,19 @@ def load_language_model(llm_config, device: str | torch.device | None = None) ->
     target_device = resolve_device(device if device is not None else llm_config.device)
     dtype = resolve_dtype(llm_config.dtype, target_device)
     source = resolve_model_source(llm_config.model)
+    local_only = Path(source).is_dir() or not _hub_reachable()  # a hub id may still be in the local HF cache
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source)
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
+        tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local_only)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, local_files_only=local_only)
     except (OSError, ValueError) as exc:
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        why = (
+            "not a local directory, not in the local Hugging Face cache, and the model hub is unreachable (no network?)"
+            if local_only and not Path(source).is_dir()
+            else first_line
+        )
         raise UserError(
-            f"cannot load language model {llm_config.model!r} ({first_line}); use a local Hugging Face model "
+            f"cannot load language model {llm_config.model!r}: {why}; use a local Hugging Face model "
             f"directory, a hub id with network access, or the embedded default {EMBEDDED_MODEL!r}"
         ) from None
     model.to(target_device).eval()
