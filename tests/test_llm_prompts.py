@@ -23,7 +23,7 @@ VALID = ["open fridge", "take knife", "go north", "look"]
 
 
 def test_deterministic_and_holds_the_parts(tokenizer):
-    config = LLMConfig(history_steps=2)
+    config = LLMConfig(history_steps=2, show_valid_commands=True)
     first = build_prompt(tokenizer, HISTORY, OBSERVATION, VALID, config)
     second = build_prompt(copy.deepcopy(tokenizer), list(HISTORY), OBSERVATION, list(VALID), config)
     assert first == second
@@ -62,7 +62,7 @@ def test_long_observation_keeps_its_end(tokenizer):
 def test_budget_too_small_for_the_valid_list_is_a_user_error(tokenizer):
     many = [f"take the small brass object number {i}" for i in range(60)]
     with pytest.raises(UserError, match="llm.prompt_tokens"):
-        build_prompt(tokenizer, [], OBSERVATION, many, LLMConfig(prompt_tokens=100))
+        build_prompt(tokenizer, [], OBSERVATION, many, LLMConfig(prompt_tokens=100, show_valid_commands=True))
 
 
 def test_candidates_end_with_the_end_of_turn_token(tokenizer):

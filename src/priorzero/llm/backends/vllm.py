@@ -150,7 +150,10 @@ class VLLMPrior:
 
         params = dict(max_tokens=1, prompt_logprobs=0, detokenize=False, temperature=0.0)
         if read_prefix_cache:
-            params["skip_reading_prefix_cache"] = False
+            try:
+                return SamplingParams(**params, skip_reading_prefix_cache=False)
+            except TypeError:  # vLLM before the per-request flag: prompt-logprob requests never read the cache
+                pass
         return SamplingParams(**params)
 
     def _run(self, requests: list[list[int]], read_prefix_cache: bool):
