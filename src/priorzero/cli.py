@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -97,8 +99,21 @@ def _register_commands() -> None:
         module.register(app)
 
 
+def _quiet_third_party_output() -> None:
+    """Keep stderr for our own messages: no per-file progress bars or deprecation notices from the HF stack.
+
+    Set before transformers is imported (it reads these at import); a user's own settings win.
+    """
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    for module in ("transformers", "peft", "torch"):
+        warnings.filterwarnings("ignore", category=FutureWarning, module=module)
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module=module)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: runs the app; bad input becomes one line on stderr and a non-zero exit, never a traceback."""
+    _quiet_third_party_output()
     _register_commands()
     try:
         result = app(args=argv, standalone_mode=False, prog_name="priorzero")
