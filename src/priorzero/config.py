@@ -239,9 +239,11 @@ def build_config(
     config_file: Path | None = None,
     overrides: list[str] | tuple[str, ...] = (),
     extra: dict[str, Any] | None = None,
+    base: dict[str, Any] | None = None,
 ) -> Config:
-    """Layer preset, YAML file, `--set` overrides and `extra` (already-parsed CLI options) and validate once."""
-    raw: dict[str, Any] = {}
+    """Layer `base` (e.g. a run's stored config), preset, YAML file, `--set` overrides and `extra` (already-parsed
+    CLI options), and validate once."""
+    raw: dict[str, Any] = dict(base or {})
     if preset is not None:
         if preset not in PRESETS:
             raise UserError(f"unknown preset {preset!r}; choose one of: {', '.join(PRESETS)}")

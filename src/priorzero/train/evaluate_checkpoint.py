@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from priorzero.config import Config, _deep_merge, parse_override
+from priorzero.config import build_config
 from priorzero.errors import UserError
 from priorzero.train.checkpoint import load_checkpoint, resolve_checkpoint_path
 from priorzero.train.evaluator import AgentScore, evaluate
@@ -17,13 +17,8 @@ def trainer_from_checkpoint(path: Path, env_id: str | None = None, game_dir: Pat
     state = load_checkpoint(source)
     if state.get("format") != CHECKPOINT_FORMAT:
         raise UserError(f"{source} is not a PriorZero training checkpoint")
-    raw = stored_config(state).model_dump(mode="json")
-    for text in overrides:
-        raw = _deep_merge(raw, parse_override(text))
-    for key, value in (("env_id", env_id), ("game_dir", str(game_dir) if game_dir else None)):
-        if value is not None:
-            raw["env"][key] = value
-    config = _validated(raw)
+    options = {key: value for key, value in (("env_id", env_id), ("game_dir", game_dir)) if value is not None}
+    config = build_config(overrides=overrides, extra={"env": options}, base=stored_config(state).model_dump(mode="json"))
     trainer = Trainer(config)
     try:
         trainer.load_state_dict(state, weights_only=True)
@@ -31,12 +26,6 @@ def trainer_from_checkpoint(path: Path, env_id: str | None = None, game_dir: Pat
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(f"checkpoint {source} does not match the config ({first[:200]}); drop the --set options that change the models") from None
     return trainer
-
-
-def _validated(raw: dict) -> Config:
-    from priorzero.config import build_config
-
-    return build_config(extra=raw)
 
 
 def evaluate_checkpoint(

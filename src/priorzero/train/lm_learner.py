@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from priorzero.config import TrainConfig
+from priorzero.errors import UserError
 from priorzero.gpu.budget import parse_size
 from priorzero.train.agents import PriorModel
 from priorzero.train.buffer import ReplayBuffer, StepRecord
@@ -141,10 +142,9 @@ class LMLearner:
 
     def load_state_dict(self, state: dict) -> None:
         named = dict(self.prior.lm.model.named_parameters())
-        missing = set(named_trainable := {n for n, p in named.items() if p.requires_grad}) ^ set(state["weights"])
+        trainable = {name for name, parameter in named.items() if parameter.requires_grad}
+        missing = trainable ^ set(state["weights"])
         if missing:
-            from priorzero.errors import UserError
-
             raise UserError(f"checkpoint's language-model weights do not match this model ({len(missing)} names differ); use the run's config")
         with torch.no_grad():
             for name, value in state["weights"].items():
