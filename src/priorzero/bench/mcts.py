@@ -30,10 +30,11 @@ import typer
 from priorzero.cli import ConfigFileOpt, PresetOpt, SetOpt, resolve_config
 from priorzero.config import Config
 from priorzero.errors import UserError
+from priorzero.llm.loading import resolve_device
 from priorzero.model.world_model import WorldModel, WorldModelShape
 from priorzero.search import RootOutput, SearchParams, init_tree, plan, run_simulations
-from priorzero.search.root import combine_priors
 from priorzero.search.interface import RecurrentOutput
+from priorzero.search.root import combine_priors
 
 SYNTHETIC_LM_ALPHA = 0.3
 TEXT_DIM = 384
@@ -197,18 +198,7 @@ def _devices(text: str) -> list[torch.device]:
     names = [d.strip() for d in text.split(",") if d.strip()]
     if not names:
         names = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-    devices = []
-    for name in names:
-        try:
-            device = torch.device(name)
-        except RuntimeError:
-            raise UserError(f"--devices: {name!r} is not a device; use cpu, cuda or cuda:N") from None
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise UserError(f"--devices asks for {name} but torch sees no CUDA GPU; run 'priorzero doctor'")
-        if device.type not in ("cpu", "cuda"):
-            raise UserError(f"--devices: {name!r} is not supported; use cpu, cuda or cuda:N")
-        devices.append(device)
-    return devices
+    return [resolve_device(name, option="--devices") for name in names]
 
 
 MODES = ("eager", "graphs")

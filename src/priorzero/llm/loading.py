@@ -48,16 +48,18 @@ class LanguageModel:
     name: str
 
 
-def resolve_device(requested: str | torch.device | None) -> torch.device:
-    """'auto' or None: the first CUDA device if torch sees one, else the CPU."""
+def resolve_device(requested: str | torch.device | None, option: str = "llm.device") -> torch.device:
+    """'auto' or None: the first CUDA device if torch sees one, else the CPU. `option` names the setting in errors."""
     if requested is None or str(requested) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(requested)
     except RuntimeError:
-        raise UserError(f"llm.device {requested!r} is not a device; use 'auto', 'cpu', 'cuda' or 'cuda:N'") from None
+        raise UserError(f"{option} {str(requested)!r} is not a device; use 'auto', 'cpu', 'cuda' or 'cuda:N'") from None
+    if device.type not in ("cpu", "cuda"):
+        raise UserError(f"{option} {str(requested)!r} is not supported; use 'auto', 'cpu', 'cuda' or 'cuda:N'")
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"llm.device is {requested!r} but torch sees no CUDA GPU; use llm.device=cpu")
+        raise UserError(f"{option} is {str(requested)!r} but torch sees no CUDA GPU; use cpu, or run 'priorzero doctor'")
     return device
 
 
