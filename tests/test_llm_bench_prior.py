@@ -27,7 +27,7 @@ def test_bench_prior_json_compares_every_method_with_each_alone(capsys):
     "args, message",
     [
         (["--methods", "packed,magic"], "unknown --methods magic"),
-        (["-E", "0"], "expected positive integers"),
+        (["-E", "0"], "-E/--games expects positive integers"),
         (["--random-arch", "gpt5"], "unknown --random-arch"),
     ],
 )

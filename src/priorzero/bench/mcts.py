@@ -27,6 +27,7 @@ from typing import Annotated, Any
 import torch
 import typer
 
+from priorzero.bench import parse_positive_ints
 from priorzero.cli import ConfigFileOpt, PresetOpt, SetOpt, resolve_config
 from priorzero.config import Config
 from priorzero.errors import UserError
@@ -184,16 +185,6 @@ def gpu_checks(model: WorldModel, device: torch.device, config: Config, modes: l
     return results
 
 
-def _ints(text: str, option: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise UserError(f"{option} expects comma-separated integers, got {text!r}") from None
-    if not values or min(values) < 1:
-        raise UserError(f"{option} expects positive integers, got {text!r}")
-    return values
-
-
 def _devices(text: str) -> list[torch.device]:
     names = [d.strip() for d in text.split(",") if d.strip()]
     if not names:
@@ -244,7 +235,7 @@ def register(bench_app: typer.Typer) -> None:
     ) -> None:
         """Time the batched search over a random-weight world model and its share of tree bookkeeping."""
         config = resolve_config(preset=preset, config_file=config_file, overrides=set_)
-        cells = [(b, s) for b in _ints(games, "--games") for s in _ints(simulations, "--simulations")]
+        cells = [(b, s) for b in parse_positive_ints(games, "--games") for s in parse_positive_ints(simulations, "--simulations")]
         chosen = _devices(devices)
         torch.set_num_threads(threads)
         torch.manual_seed(seed)

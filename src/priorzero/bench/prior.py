@@ -26,6 +26,7 @@ from typing import Annotated, Callable
 import torch
 import typer
 
+from priorzero.bench import parse_positive_ints
 from priorzero.errors import UserError
 from priorzero.llm.scorer import CandidateScores, _split_causal_lm, score_candidates
 
@@ -212,16 +213,6 @@ def run_shape(model, tokenizer, methods, games, prompt_tokens, candidates, candi
     return rows
 
 
-def _ints(text: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise UserError(f"expected comma-separated integers, got {text!r}") from None
-    if not values or min(values) < 1:
-        raise UserError(f"expected positive integers, got {text!r}")
-    return values
-
-
 def _load_model(llm: str, random_arch: str | None, tokenizer_dir: str | None, device: str, dtype: str):
     from priorzero.config import LLMConfig
     from priorzero.llm.loading import load_language_model, resolve_device, resolve_dtype
@@ -285,7 +276,7 @@ def register(bench_app: typer.Typer) -> None:
             raise UserError(f"unknown --methods {', '.join(unknown) or '(none)'}; choose from: {', '.join(METHODS)}")
         if dtype not in ("auto", "float32", "bfloat16", "float16"):
             raise UserError(f"--dtype {dtype!r} is not one of: auto, float32, bfloat16, float16")
-        shapes = list(itertools.product(_ints(games), _ints(prompt_tokens), _ints(candidates)))
+        shapes = list(itertools.product(parse_positive_ints(games, "-E/--games"), parse_positive_ints(prompt_tokens, "-P/--prompt-tokens"), parse_positive_ints(candidates, "-K/--candidates")))
         model, tokenizer, name = _load_model(llm, random_arch, tokenizer_dir, device, dtype)
         model_device = next(model.parameters()).device
         rows: list[Row] = []
