@@ -168,7 +168,7 @@ class SearchAgent:
         for row, (state, prior) in enumerate(zip(states, priors)):
             mask[row, : len(state.commands)] = True
             lm_prior[row, : len(state.commands)] = prior.to(mask.device)
-        params = SearchParams(self.config.num_simulations, self.config.pb_c_base, self.config.pb_c_init, self.config.discount, self.config.min_q_spread)
+        params = SearchParams.from_config(self.config)
         out = plan(
             self.world_model,
             root,
