@@ -210,6 +210,15 @@ def score_each_alone(model, prompts: list[list[int]], candidates: list[list[list
     return results
 
 
+def candidate_logits(scores: CandidateScores, reduction: str = "sum", temperature: float = 1.0) -> torch.Tensor:
+    """[K] the prior's logits: summed (or per-token mean) log-probabilities over `temperature`; differentiable,
+    so training's log-prior is `log_softmax` of exactly what `candidate_prior` softmaxes."""
+    values = scores.logprob_sum
+    if reduction == "mean":
+        values = values / scores.num_tokens.clamp(min=1)
+    return values.float() / temperature
+
+
 def candidate_prior(
     scores: CandidateScores,
     reduction: str = "sum",
@@ -227,14 +236,12 @@ def candidate_prior(
         stats.priors += 1
     if num_candidates == 0:
         return _uniform_fallback(0, scores.logprob_sum, "no candidates", stats)
-    values = scores.logprob_sum
-    if reduction == "mean":
-        values = values / scores.num_tokens.clamp(min=1)
+    logits = candidate_logits(scores, reduction, temperature)
     if bool((scores.num_tokens == 0).any()):
-        return _uniform_fallback(num_candidates, values, "a candidate has no tokens", stats)
-    if not bool(torch.isfinite(values).all()):
-        return _uniform_fallback(num_candidates, values, "non-finite scores", stats)
-    return torch.softmax(values.float() / temperature, dim=0)
+        return _uniform_fallback(num_candidates, logits, "a candidate has no tokens", stats)
+    if not bool(torch.isfinite(logits).all()):
+        return _uniform_fallback(num_candidates, logits, "non-finite scores", stats)
+    return torch.softmax(logits, dim=0)
 
 
 def _uniform_fallback(size: int, like: torch.Tensor, reason: str, stats: PriorStats | None) -> torch.Tensor:

@@ -115,11 +115,10 @@ class PriorModel:
 
 
 def _log_prior(scores, llm_config) -> torch.Tensor:
-    """The differentiable log-prior: log_softmax of the (summed or mean) scores over the temperature."""
-    values = scores.logprob_sum
-    if llm_config.score_reduction == "mean":
-        values = values / scores.num_tokens.clamp(min=1)
-    return torch.log_softmax(values.float() / llm_config.prior_temperature, dim=0)
+    """The differentiable log-prior: log_softmax of the same logits the prior softmaxes."""
+    from priorzero.llm.scorer import candidate_logits
+
+    return torch.log_softmax(candidate_logits(scores, llm_config.score_reduction, llm_config.prior_temperature), dim=0)
 
 
 class LLMAgent:
