@@ -95,13 +95,9 @@ class PriorModel:
     def priors(self, states: list[GameState]) -> tuple[list[list[int]], list[torch.Tensor]]:
         """Per game: the prompt's ids and the [K] prior over its commands (uniform where scores are unusable)."""
         from priorzero.llm.backends.hf import PriorInput
-        from priorzero.llm.scorer import candidate_prior
 
         prepared = self.backend.prepare([PriorInput(s.observation.text, s.commands, s.history) for s in states])
-        prompts = [p.prompt_ids for p in prepared]
-        scores = self._scores(prompts, [p.candidate_ids for p in prepared], grad=False)
-        config = self.backend.config
-        return prompts, [candidate_prior(s, config.score_reduction, config.prior_temperature, self.backend.stats).cpu() for s in scores]
+        return [p.prompt_ids for p in prepared], self.backend.prior_from_prepared(prepared)
 
     def log_priors_with_grad(self, prompts: list[list[int]], commands: list[list[str]]) -> list[torch.Tensor]:
         """Per game, the [K] log-prior with its autograd graph: what the language-model losses train."""

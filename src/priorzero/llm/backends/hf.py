@@ -81,7 +81,10 @@ class HFPrior:
 
     def prior(self, states: list[PriorInput]) -> list[torch.Tensor]:
         """One probability vector per state, over its valid commands in their given order (float32, CPU)."""
-        prepared = self.prepare(states)
+        return self.prior_from_prepared(self.prepare(states))
+
+    def prior_from_prepared(self, prepared: list[PreparedState]) -> list[torch.Tensor]:
+        """`prior` for states whose prompts and candidates are already encoded (callers that keep the prompt ids)."""
         scores = score_candidates(
             self.lm.model, [p.prompt_ids for p in prepared], [p.candidate_ids for p in prepared], self.token_budget
         )
