@@ -66,7 +66,8 @@ def test_hf_prior_on_real_game_states_and_quality_command(capsys, default_game_f
     assert main(["bench", "prior-quality", "--env-id", "tw-coin_collector-l5-s1", "--states", "2", "--json"]) == 0
     overall = json.loads(capsys.readouterr().out)["overall"]
     assert overall["states"] == 2
-    assert set(overall) >= {"uniform", "list, sum", "list, mean", "no list, sum", "no list, mean"}
+    variants = {f"{o}, {v}, {r}" for o in ("opening", "no opening") for v in ("list", "no list") for r in ("sum", "mean")}
+    assert set(overall) == {"states", "uniform", *variants}
     assert all(0 < overall[k] <= 1 for k in overall if k != "states")
 
 

@@ -59,6 +59,29 @@ def test_long_observation_keeps_its_end(tokenizer):
     assert "THE END." in text and "Line 0 of" not in text
 
 
+OPENING = "Welcome! Your task: first go north, then take the silver key from the hall table. " * 2 + "Good luck."
+
+
+def test_opening_text_is_kept_before_history_and_can_be_left_out(tokenizer):
+    shown = tokenizer.decode(build_prompt(tokenizer, HISTORY, OBSERVATION, VALID, LLMConfig(history_steps=1), OPENING).token_ids)
+    assert "The game began with:\nWelcome! Your task" in shown
+    assert shown.index("Your task") < shown.index("> go up") < shown.index("Current observation")
+    hidden = LLMConfig(history_steps=1, show_opening=False)
+    assert "Your task" not in tokenizer.decode(build_prompt(tokenizer, HISTORY, OBSERVATION, VALID, hidden, OPENING).token_ids)
+
+
+def test_opening_outlasts_history_then_keeps_its_start(tokenizer):
+    config = LLMConfig(history_steps=5)
+    without_history = build_prompt(tokenizer, [], OBSERVATION, VALID, config, OPENING)
+    result = build_prompt(tokenizer, HISTORY, OBSERVATION, VALID, config.model_copy(update={"prompt_tokens": len(without_history.token_ids)}), OPENING)
+    assert result.token_ids == without_history.token_ids and result.truncated_steps == 5
+    tight = config.model_copy(update={"prompt_tokens": len(without_history.token_ids) - 10})
+    result = build_prompt(tokenizer, HISTORY, OBSERVATION, VALID, tight, OPENING)
+    text = tokenizer.decode(result.token_ids)
+    assert len(result.token_ids) <= tight.prompt_tokens and result.truncated_opening_tokens > 0
+    assert "Welcome! Your task" in text and "Good luck." not in text and OBSERVATION.split("\n")[1] in text
+
+
 def test_budget_too_small_for_the_valid_list_is_a_user_error(tokenizer):
     many = [f"take the small brass object number {i}" for i in range(60)]
     with pytest.raises(UserError, match="llm.prompt_tokens"):

@@ -43,6 +43,7 @@ class LLMConfig(_Section):
     gpu_memory: str | None = Field(None, description="Budget on its GPU: bytes ('20GiB') or a fraction of free memory ('0.5').")
     history_steps: int = Field(4, ge=0, description="Past steps (command and response) shown in the prompt.")
     prompt_tokens: int = Field(768, ge=64, description="Prompt budget in tokens; the oldest history goes first when over.")
+    show_opening: bool = Field(True, description="Keep the episode's opening text (the goal, often the route) in the prompt.")
     show_valid_commands: bool = Field(False, description="List the valid commands in the prompt (off: higher MRR with SmolLM2, docs/prior.md).")
     score_reduction: Literal["sum", "mean"] = Field("sum", description="Softmax over each command's summed or per-token mean log-probability.")
     prior_temperature: float = Field(1.0, gt=0, description="Divides the command scores before the softmax.")

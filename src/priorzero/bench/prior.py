@@ -332,7 +332,7 @@ def register(bench_app: typer.Typer) -> None:
         from rich.console import Console
         from rich.table import Table
 
-        columns = ["uniform", "list, sum", "list, mean", "no list, sum", "no list, mean"]
+        columns = ["uniform", *[k for k in overall if k not in ("uniform", "states")]]
         table = Table(title=f"prior quality (MRR of the walkthrough command): {llm}")
         for column in ["game", "states", *columns]:
             table.add_column(column, justify="right")

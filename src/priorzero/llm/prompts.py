@@ -1,16 +1,17 @@
 """The prompt the language model scores commands after, and the token ids of the commands themselves.
 
-    build_prompt(tokenizer, history, observation_text, valid_commands, config) -> PromptResult(token_ids, truncated_steps)
+    build_prompt(tokenizer, history, observation_text, valid_commands, config, opening="") -> PromptResult
     encode_candidates(tokenizer, commands) -> list[list[int]]
 
-A prompt holds the instructions, the last `config.history_steps` steps of history (command and response), the
+A prompt holds the instructions, the episode's opening text (`config.show_opening`: games usually state the goal
+there, often the route too), the last `config.history_steps` steps of history (command and response), the
 current observation, optionally the valid commands (`config.show_valid_commands`), then the cue after which the
 model would type its command. With a chat template (the instruct models) the cue is the opening of the
 assistant's turn, and each candidate is the command followed by the end-of-turn token, so "take" and "take lamp"
 are told apart. Without one (base models) a plain-text layout ending in "> " is used.
 
-The budget is in tokens (`config.prompt_tokens`): the oldest history steps are dropped first, then the
-observation loses its beginning; both are counted in the result. The same inputs always give the same ids.
+The budget is in tokens (`config.prompt_tokens`): the oldest history steps are dropped first, then the opening
+text loses its end, then the observation loses its beginning; all are counted in the result. The same inputs always give the same ids.
 """
 
 from __future__ import annotations
@@ -31,10 +32,13 @@ class PromptResult:
     token_ids: list[int]
     truncated_steps: int  # history steps dropped to fit the budget (beyond those outside history_steps)
     truncated_observation_tokens: int = 0  # tokens cut from the observation's beginning when even no history was too long
+    truncated_opening_tokens: int = 0  # tokens cut from the opening text's end when no history was still too long
 
 
-def _user_message(history: list[tuple[str, str]], observation: str, valid_commands: list[str] | None) -> str:
+def _user_message(history: list[tuple[str, str]], observation: str, valid_commands: list[str] | None, opening: str = "") -> str:
     parts = []
+    if opening:
+        parts.append(f"The game began with:\n{opening.strip()}")
     if history:
         lines = [f"> {command}\n{_clip(response)}" for command, response in history]
         parts.append("Recent history:\n" + "\n".join(lines))
@@ -71,35 +75,55 @@ def build_prompt(
     observation_text: str,
     valid_commands: list[str] | None,
     config,
+    opening: str = "",
 ) -> PromptResult:
     """The prompt's token ids within `config.prompt_tokens`; `config` is an LLMConfig (history_steps, prompt_tokens,
-    show_valid_commands). `valid_commands` is ignored when show_valid_commands is off."""
+    show_valid_commands, show_opening). `valid_commands` is ignored when show_valid_commands is off, `opening` (the
+    episode's first observation; empty while it is still the current one) when show_opening is off."""
     commands = list(valid_commands) if (valid_commands is not None and config.show_valid_commands) else None
+    opening = opening.strip() if config.show_opening else ""
     recent = list(history[-config.history_steps :]) if config.history_steps > 0 else []
+    budget = config.prompt_tokens
     for dropped in range(len(recent) + 1):
-        ids = _encode(tokenizer, _user_message(recent[dropped:], observation_text, commands))
-        if len(ids) <= config.prompt_tokens:
+        ids = _encode(tokenizer, _user_message(recent[dropped:], observation_text, commands, opening))
+        if len(ids) <= budget:
             return PromptResult(ids, truncated_steps=dropped)
-    return _truncate_observation(tokenizer, observation_text, commands, config.prompt_tokens, len(recent))
-
-
-def _truncate_observation(tokenizer, observation: str, commands: list[str] | None, budget: int, dropped: int) -> PromptResult:
-    """No history fits: keep the end of the observation (the newest text), cut token by token from its start."""
-    obs_ids = tokenizer(observation.strip(), add_special_tokens=False)["input_ids"]
-    overhead = len(_encode(tokenizer, _user_message([], "", commands)))
-    keep = max(budget - overhead, 0)
-    while True:
-        kept_text = tokenizer.decode(obs_ids[len(obs_ids) - keep :]) if keep else ""
-        ids = _encode(tokenizer, _user_message([], kept_text, commands))
-        if len(ids) <= budget or keep == 0:
-            break
-        keep -= max(1, len(ids) - budget)
+    # No history fits: the opening loses its end (the goal comes first), then the observation its beginning.
+    cut_opening = 0
+    if opening:
+        ids, cut_opening = _shorten(
+            tokenizer, opening, keep_start=True, budget=budget,
+            render=lambda text: _user_message([], observation_text, commands, text),
+        )  # fmt: skip
+        if len(ids) <= budget:
+            return PromptResult(ids, truncated_steps=len(recent), truncated_opening_tokens=cut_opening)
+        cut_opening = len(tokenizer(opening, add_special_tokens=False)["input_ids"])
+    ids, cut_observation = _shorten(
+        tokenizer, observation_text.strip(), keep_start=False, budget=budget,
+        render=lambda text: _user_message([], text, commands),
+    )  # fmt: skip
     if len(ids) > budget:
         raise UserError(
             f"the prompt needs {len(ids)} tokens without any observation (instructions and valid commands); "
             f"raise llm.prompt_tokens above {budget} or set llm.show_valid_commands=false"
         )
-    return PromptResult(ids, truncated_steps=dropped, truncated_observation_tokens=len(obs_ids) - keep)
+    return PromptResult(
+        ids, truncated_steps=len(recent), truncated_observation_tokens=cut_observation,
+        truncated_opening_tokens=cut_opening,
+    )  # fmt: skip
+
+
+def _shorten(tokenizer, text: str, keep_start: bool, budget: int, render) -> tuple[list[int], int]:
+    """The prompt `render(shortened text)` with as much of `text` as fits `budget` (its start or its end kept),
+    and how many of the text's tokens were cut. Returns the empty-text prompt when nothing fits."""
+    text_ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    keep = len(text_ids)
+    while True:
+        kept = text_ids[:keep] if keep_start else text_ids[len(text_ids) - keep :]
+        ids = _encode(tokenizer, render(tokenizer.decode(kept) if keep else ""))
+        if len(ids) <= budget or keep == 0:
+            return ids, len(text_ids) - keep
+        keep = max(0, keep - max(1, len(ids) - budget))
 
 
 def encode_candidates(tokenizer, commands: list[str]) -> list[list[int]]:

@@ -1,16 +1,17 @@
 """How good is the prior? Mean reciprocal rank of the walkthrough's command among the valid commands.
 
     states = walkthrough_states("detective.z5", env_config, max_states=6)
-    table = prior_quality(lm, llm_config, states)   # MRR per (valid-command list shown, reduction), and uniform
+    table = prior_quality(lm, llm_config, states)   # MRR per (opening shown, list shown, reduction), and uniform
 
 A state is kept when the walkthrough's next command is among the game's valid commands (compared without case
 or surrounding spaces); the game then takes the walkthrough command, so later states are the ones a winning
-player meets. Scores are computed once per prompt variant (valid commands shown or not); sum and mean are two
+player meets. Scores are computed once per prompt variant (opening text, valid commands: shown or not); sum and mean are two
 reductions of the same scores. The uniform prior's expected reciprocal rank over K candidates is H_K / K.
 """
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 
 import torch
@@ -28,6 +29,7 @@ class WalkthroughState:
     valid_commands: list[str]
     target: int  # index of the walkthrough command in valid_commands
     history: list[tuple[str, str]] = field(default_factory=list)
+    opening: str = ""  # the episode's first observation, once it is no longer the current one
 
 
 def walkthrough_states(env_id: str, env_config, max_states: int) -> tuple[list[WalkthroughState], int]:
@@ -37,6 +39,7 @@ def walkthrough_states(env_id: str, env_config, max_states: int) -> tuple[list[W
     game = make_game(env_id, env_config)
     try:
         observation = game.reset()
+        opening = observation.text
         walkthrough = game.walkthrough() or []
         states, history, skipped = [], [], 0
         for step, command in enumerate(walkthrough):
@@ -45,7 +48,7 @@ def walkthrough_states(env_id: str, env_config, max_states: int) -> tuple[list[W
             normalised = [c.strip().lower() for c in observation.valid_commands]
             if command.strip().lower() in normalised:
                 target = normalised.index(command.strip().lower())
-                states.append(WalkthroughState(env_id, step, observation.text, list(observation.valid_commands), target, list(history)))
+                states.append(WalkthroughState(env_id, step, observation.text, list(observation.valid_commands), target, list(history), opening if step else ""))
             else:
                 skipped += 1
             result = game.step(command)
@@ -69,11 +72,14 @@ def uniform_reciprocal_rank(num_candidates: int) -> float:
 
 
 def prior_quality(lm: LanguageModel, llm_config, states: list[WalkthroughState], token_budget: int = 16384) -> dict[str, float]:
-    """MRR under the uniform prior and under each (valid list shown, reduction) variant, over `states`."""
+    """MRR under the uniform prior and under each (opening shown, valid list shown, reduction) variant."""
     table = {"uniform": sum(uniform_reciprocal_rank(len(s.valid_commands)) for s in states) / max(len(states), 1)}
-    for show in (True, False):
-        config = llm_config.model_copy(update={"show_valid_commands": show})
-        prompts = [build_prompt(lm.tokenizer, s.history, s.observation, s.valid_commands, config).token_ids for s in states]
+    for opening, show in itertools.product((True, False), (True, False)):
+        config = llm_config.model_copy(update={"show_valid_commands": show, "show_opening": opening})
+        prompts = [
+            build_prompt(lm.tokenizer, s.history, s.observation, s.valid_commands, config, s.opening).token_ids
+            for s in states
+        ]
         cands = [encode_candidates(lm.tokenizer, s.valid_commands) for s in states]
         scores = score_candidates(lm.model, prompts, cands, token_budget)
         for reduction in ("sum", "mean"):
@@ -81,5 +87,5 @@ def prior_quality(lm: LanguageModel, llm_config, states: list[WalkthroughState],
                 reciprocal_rank(candidate_prior(sc, reduction, config.prior_temperature), s.target)
                 for sc, s in zip(scores, states)
             ]
-            table[f"{'list' if show else 'no list'}, {reduction}"] = sum(ranks) / max(len(ranks), 1)
+            table[f"{'opening' if opening else 'no opening'}, {'list' if show else 'no list'}, {reduction}"] = sum(ranks) / max(len(ranks), 1)
     return table

@@ -30,6 +30,11 @@ class GameState:
             self.first_text = self.observation.text
 
     @property
+    def opening(self) -> str:
+        """The episode's first observation once it is no longer the current one (the prompt shows it apart)."""
+        return self.first_text if self.history else ""
+
+    @property
     def commands(self) -> list[str]:
         return self.observation.valid_commands
 
@@ -96,7 +101,7 @@ class PriorModel:
         """Per game: the prompt's ids and the [K] prior over its commands (uniform where scores are unusable)."""
         from priorzero.llm.backends.hf import PriorInput
 
-        prepared = self.backend.prepare([PriorInput(s.observation.text, s.commands, s.history) for s in states])
+        prepared = self.backend.prepare([PriorInput(s.observation.text, s.commands, s.history, s.opening) for s in states])
         return [p.prompt_ids for p in prepared], self.backend.prior_from_prepared(prepared)
 
     def log_priors_with_grad(self, prompts: list[list[int]], commands: list[list[str]]) -> list[torch.Tensor]:

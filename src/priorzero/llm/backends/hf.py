@@ -25,11 +25,13 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class PriorInput:
-    """One game state as the prior sees it; history is (command, response) pairs, oldest first."""
+    """One game state as the prior sees it; history is (command, response) pairs, oldest first, after the
+    episode's opening text (empty while the opening is the current observation)."""
 
     observation: str
     valid_commands: list[str]
     history: list[tuple[str, str]] = field(default_factory=list)
+    opening: str = ""
 
 
 @dataclass(frozen=True)
@@ -74,7 +76,9 @@ class HFPrior:
     def prepare(self, states: list[PriorInput]) -> list[PreparedState]:
         prepared = []
         for state in states:
-            prompt = build_prompt(self.lm.tokenizer, state.history, state.observation, state.valid_commands, self.config)
+            prompt = build_prompt(
+                self.lm.tokenizer, state.history, state.observation, state.valid_commands, self.config, state.opening
+            )
             self.stats.truncated_steps += prompt.truncated_steps
             prepared.append(PreparedState(prompt.token_ids, encode_candidates(self.lm.tokenizer, state.valid_commands), prompt.truncated_steps))
         return prepared

@@ -190,7 +190,9 @@ class VLLMPrior:
     def prepare(self, states: Sequence[PriorInput]) -> tuple[list[list[int]], list[list[list[int]]]]:
         prompts, cands = [], []
         for state in states:
-            prompt = build_prompt(self.tokenizer, state.history, state.observation, state.valid_commands, self.config)
+            prompt = build_prompt(
+                self.tokenizer, state.history, state.observation, state.valid_commands, self.config, state.opening
+            )
             self.stats.truncated_steps += prompt.truncated_steps
             prompts.append(prompt.token_ids)
             cands.append(encode_candidates(self.tokenizer, state.valid_commands))
