@@ -1,7 +1,8 @@
 """The packed scorer against each candidate scored alone, on real prompts from real games, with the real SmolLM2.
 
-Also: chunking by token budget, gradients (plain and through a LoRA adapter), the block mask itself, and the
-prior's reductions and its uniform fallback.
+Also: chunking by token budget, gradients (plain and through a LoRA adapter), the block mask itself (dense and as
+a FlexAttention BlockMask), the flex path against the dense one on a tiny random model, the packing's index
+arithmetic, and the prior's reductions and its uniform fallback.
 """
 
 import math
@@ -13,11 +14,18 @@ from priorzero.config import EnvConfig, LLMConfig
 from priorzero.llm.loading import load_language_model
 from priorzero.llm.prompts import build_prompt, encode_candidates
 from priorzero.llm.quality import walkthrough_states
+from priorzero.llm import scorer
 from priorzero.llm.scorer import (
     CandidateScores,
     PriorStats,
+    _chunks,
+    _pack,
+    _pieces,
     block_attention_mask,
+    block_flex_mask,
+    block_rule,
     candidate_prior,
+    resolve_attention,
     score_candidates,
     score_each_alone,
 )
@@ -154,3 +162,103 @@ def test_prior_falls_back_to_uniform_and_counts(logprobs, tokens, reason):
 def test_mismatched_inputs_are_rejected(lm):
     with pytest.raises(ValueError, match="prompts"):
         score_candidates(lm.model, [[1, 2]], [], token_budget=512)
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    """A 2-layer random Llama (grouped-query attention, as SmolLM2), fp32: fast enough for every CPU run."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.for_model(
+        "llama", hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, vocab_size=500, max_position_embeddings=512,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    return AutoModelForCausalLM.from_config(config).eval()
+
+
+def _random_states(lengths, seed=1):
+    """prompts of the given lengths; per game candidates of 0-5 tokens (one empty candidate included)."""
+    generator = torch.Generator().manual_seed(seed)
+    draw = lambda n: torch.randint(5, 500, (n,), generator=generator).tolist()  # noqa: E731
+    prompts = [draw(n) for n in lengths]
+    cands = [[draw(n) for n in (1, 3, 2, 5, 0, 4)[: 2 + g % 5]] for g in range(len(lengths))]
+    return prompts, cands
+
+
+def test_pack_lays_out_prompt_then_candidates_with_restarting_positions():
+    input_ids, positions, segments, rows, predictors, targets, owners = _pack([[1, 2, 3]], [[[4, 5], [6]]], _chunks(_pieces([[1, 2, 3]], [[[4, 5], [6]]], 64), 64)[0], [0])
+    assert input_ids.tolist() == [[1, 2, 3, 4, 5, 6] + [0] * 10]  # padded to a multiple of 16
+    assert positions.tolist() == [[0, 1, 2, 3, 4, 3] + [0] * 10]
+    assert segments.tolist() == [[0, 0, 0, 1, 1, 2] + [-1] * 10]
+    # token 4 is predicted by the prompt's last position, 5 by 4's, and 6 (a new candidate) by the prompt's again
+    assert (rows.tolist(), predictors.tolist(), targets.tolist(), owners.tolist()) == ([0, 0, 0], [2, 3, 2], [4, 5, 6], [0, 0, 1])
+
+
+def test_flex_block_mask_has_the_dense_rule_and_skips_blocks():
+    from torch.nn.attention.flex_attention import create_block_mask, create_mask
+
+    segments = torch.tensor([[0, 0, 1, 1, 2, -1], [0, 1, 1, 1, 2, 2]])
+    dense = block_attention_mask(segments, torch.float32)[:, 0] == 0
+    assert torch.equal(create_mask(block_rule(segments), 2, None, 6, 6, device="cpu")[:, 0], dense)
+    # A 256-token prompt and 20 candidates of 16 tokens: candidate queries skip the other candidates' key blocks.
+    long = torch.tensor([[0] * 256 + [1 + i // 16 for i in range(320)]])
+    causal = create_block_mask(lambda b, h, q, k: k <= q, 1, None, 576, 576, device="cpu")
+    assert block_flex_mask(long).sparsity() > causal.sparsity()
+
+
+def test_flex_path_equals_dense_path_and_each_alone(tiny_model):
+    prompts, cands = _random_states([37, 20, 9])
+    alone = score_each_alone(tiny_model, prompts, cands)
+    dense = score_candidates(tiny_model, prompts, cands, token_budget=4096, attention="sdpa")
+    flex = score_candidates(tiny_model, prompts, cands, token_budget=4096, attention="flex")
+    tight = score_candidates(tiny_model, prompts, cands, token_budget=48, attention="flex")  # games split over chunks
+    assert _max_diff(dense, alone) < 1e-5 and _max_diff(flex, alone) < 1e-5 and _max_diff(tight, alone) < 1e-5
+    assert tiny_model.config._attn_implementation == "sdpa"  # switched for the flex pass only, then restored
+
+
+def test_attention_choice_and_its_errors(tiny_model):
+    assert resolve_attention(tiny_model, "auto") == "sdpa"  # the CPU
+    assert resolve_attention(tiny_model, "flex") == "flex"
+    with pytest.raises(ValueError, match="attention must be one of"):
+        score_candidates(tiny_model, [[1, 2]], [[[3]]], token_budget=64, attention="fast")
+    with pytest.raises(ValueError, match="no backward pass on the CPU"):
+        score_candidates(tiny_model, [[1, 2]], [[[3]]], token_budget=64, grad=True, attention="flex")
+
+
+def test_auto_falls_back_to_the_dense_mask_once_flex_fails(tiny_model, monkeypatch, caplog):
+    calls = []
+
+    def broken(segments):
+        calls.append(segments.shape)
+        raise RuntimeError("no triton here")
+
+    resolve = scorer.resolve_attention
+    monkeypatch.setattr(scorer, "_flex_failed", None)
+    monkeypatch.setattr(scorer, "block_flex_mask", broken)
+    # As on CUDA: 'auto' picks flex until flex has failed once.
+    monkeypatch.setattr(scorer, "resolve_attention", lambda m, a="auto": "flex" if a == "auto" and not scorer._flex_failed else resolve(m, a))
+    prompts, cands = _random_states([12, 30])
+    first = score_candidates(tiny_model, prompts, cands, token_budget=40)  # two chunks: flex tried on the first only
+    assert len(calls) == 1 and "no triton here" in caplog.text and "no triton here" in scorer._flex_failed
+    again = score_candidates(tiny_model, prompts, cands, token_budget=4096)
+    assert len(calls) == 1
+    alone = score_each_alone(tiny_model, prompts, cands)
+    assert _max_diff(first, alone) < 1e-5 and _max_diff(again, alone) < 1e-5
+    assert tiny_model.config._attn_implementation == "sdpa"
+    with pytest.raises(RuntimeError, match="no triton here"):  # asked for by name, flex fails loudly
+        score_candidates(tiny_model, prompts, cands, token_budget=4096, attention="flex")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="float32 logits from a 16-bit head: CUDA only")
+def test_float32_head_logits_and_their_gradients_on_cuda():
+    from priorzero.llm.scorer import head_logits
+
+    head = torch.nn.Linear(64, 1000, bias=False, device="cuda", dtype=torch.bfloat16)
+    hidden = torch.randn(7, 64, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    logits = head_logits(head, hidden)
+    assert logits.dtype == torch.float32
+    assert torch.allclose(logits, hidden.float() @ head.weight.float().t(), atol=1e-3)
+    logits.square().sum().backward()
+    expected = torch.autograd.grad((hidden.float() @ head.weight.float().t()).square().sum(), hidden)[0]
+    assert torch.allclose(hidden.grad.float(), expected, rtol=2e-2, atol=2e-2)

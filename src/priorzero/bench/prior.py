@@ -2,14 +2,18 @@
 
 Methods (E games, each a P-token prompt and K candidates of T tokens):
   packed    scorer.score_candidates: one sequence per game, block attention mask, logits at candidate tokens only
+            (attention 'auto': FlexAttention with a block-sparse mask on CUDA, the dense SDPA mask elsewhere)
+  packed-sdpa  the same with the dense 4-D mask through SDPA (attention='sdpa'), for comparison on GPU
   alone     every candidate as its own sequence (prompt + candidate), batched within the token budget
   cached    the prompt once per game, its KV cache copied for each candidate, candidates as a batch
   generate  ask for a ranked list (up to 64 new tokens, greedy) and parse it, as the upstream prototype did
   prefill   (GPU) a plain causal forward over the same tokens as `packed`: the rate the packed form aims at
 
-Reported per shape and method: median seconds over --repeats, priors (game states) per second, the largest
-absolute difference of the candidate log-probability sums from `alone`, and on GPU the ratio of the packed rate
-to the plain-prefill rate. `--random-arch` builds a random-weight model of a real architecture (throughput does
+Reported per shape and method: median seconds over --repeats, the untimed warm-up call's seconds (it includes
+any compilation), priors (game states) per second, the largest absolute difference of the candidate
+log-probability sums from `alone`, and on GPU the ratio of each packed rate to the plain-prefill rate. Every
+method that scores takes its logits through scorer.head_logits (float32 logits from a 16-bit head on CUDA), so
+the differences measure the packing and the attention kernels, not the head's rounding. `--random-arch` builds a random-weight model of a real architecture (throughput does
 not depend on the weights), so no weights need to be present.
 """
 
@@ -28,9 +32,16 @@ import typer
 
 from priorzero.bench import parse_positive_ints
 from priorzero.errors import UserError
-from priorzero.llm.scorer import CandidateScores, _split_causal_lm, score_candidates
+from priorzero.llm.scorer import (
+    CandidateScores,
+    _split_causal_lm,
+    head_logits,
+    resolve_attention,
+    score_candidates,
+    token_logprobs,
+)
 
-METHODS = ("packed", "alone", "cached", "generate", "prefill")
+METHODS = ("packed", "packed-sdpa", "alone", "cached", "generate", "prefill")
 GENERATE_TOKENS = 64
 
 # Architectures of the models the prior is meant for, for random-weight throughput runs.
@@ -59,6 +70,8 @@ class Row:
     priors_per_s: float
     max_abs_diff: float | None  # vs `alone`, over all candidates' log-probability sums
     prefill_ratio: float | None = None  # packed rate / plain-prefill rate (GPU)
+    first_call_s: float | None = None  # the untimed warm-up call (compilation included)
+    attention: str | None = None  # packed methods: the attention path used
 
 
 def build_random_model(arch: str, device: torch.device, dtype: torch.dtype, seed: int = 0):
@@ -95,7 +108,7 @@ def score_alone_batched(model, prompts, candidates, token_budget: int) -> list[C
                 batch = group[start : start + per_batch]
                 ids = torch.tensor([prompts[g] + candidates[g][k] for g, k in batch], device=device)
                 hidden = backbone(input_ids=ids, use_cache=False).last_hidden_state[:, p - 1 : p + n - 1]
-                logprobs = lm_head(hidden).float().log_softmax(-1).gather(2, ids[:, p:, None])[..., 0].sum(1)
+                logprobs = token_logprobs(lm_head, hidden, ids[:, p:]).sum(1)
                 for (g, k), value in zip(batch, logprobs):
                     sums[g][k] = value
     return [CandidateScores(s, torch.tensor([len(c) for c in cands])) for s, cands in zip(sums, candidates)]
@@ -112,12 +125,12 @@ def score_cached(model, prompts, candidates) -> list[CandidateScores]:
         for prompt, cands in zip(prompts, candidates):
             cache = DynamicCache(config=model.config)
             out = backbone(input_ids=torch.tensor([prompt], device=device), past_key_values=cache, use_cache=True)
-            first = lm_head(out.last_hidden_state[:, -1]).float().log_softmax(-1)[0]
+            first = head_logits(lm_head, out.last_hidden_state[:, -1])[0].log_softmax(-1)
             cache.batch_repeat_interleave(len(cands))
             ids = torch.tensor(cands, device=device)  # equal lengths in the benchmark
             positions = torch.arange(len(prompt), len(prompt) + ids.shape[1], device=device).expand_as(ids)
             hidden = backbone(input_ids=ids, past_key_values=cache, position_ids=positions, use_cache=True).last_hidden_state
-            rest = lm_head(hidden[:, :-1]).float().log_softmax(-1).gather(2, ids[:, 1:, None])[..., 0].sum(1)
+            rest = token_logprobs(lm_head, hidden[:, :-1], ids[:, 1:]).sum(1)
             results.append(CandidateScores(first[ids[:, 0]] + rest, torch.full((len(cands),), ids.shape[1])))
     return results
 
@@ -155,8 +168,15 @@ def plain_prefill(model, games: int, length: int, vocab: int) -> None:
         backbone(input_ids=ids, use_cache=False)
 
 
-def _time(fn: Callable[[], object], repeats: int, device: torch.device) -> tuple[float, object]:
+def _time(fn: Callable[[], object], repeats: int, device: torch.device) -> tuple[float, object, float]:
+    """(median seconds of `repeats` timed calls, the last result, seconds of the untimed warm-up call)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
     result = fn()  # warm-up
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    first = time.perf_counter() - start
     times = []
     for _ in range(repeats):
         if device.type == "cuda":
@@ -166,7 +186,7 @@ def _time(fn: Callable[[], object], repeats: int, device: torch.device) -> tuple
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         times.append(time.perf_counter() - start)
-    return statistics.median(times), result
+    return statistics.median(times), result, first
 
 
 def _max_diff(scores: list[CandidateScores], reference: list[CandidateScores] | None) -> float | None:
@@ -189,27 +209,32 @@ def run_shape(model, tokenizer, methods, games, prompt_tokens, candidates, candi
     rows = []
     ordered = sorted(methods, key=lambda m: (m != "alone", METHODS.index(m)))
     for method in ordered:
-        diff = None
+        diff = attention = None
         if method == "alone":
-            seconds, reference = _time(lambda: score_alone_batched(model, prompts, cands, token_budget), repeats, device)
-        elif method == "packed":
-            seconds, scores = _time(lambda: score_candidates(model, prompts, cands, token_budget), repeats, device)
+            seconds, reference, first = _time(lambda: score_alone_batched(model, prompts, cands, token_budget), repeats, device)
+        elif method in ("packed", "packed-sdpa"):
+            attention = "auto" if method == "packed" else "sdpa"
+            score = lambda: score_candidates(model, prompts, cands, token_budget, attention=attention)  # noqa: E731
+            seconds, scores, first = _time(score, repeats, device)
+            attention = resolve_attention(model, attention)  # after the calls: 'auto' may have fallen back
             diff = _max_diff(scores, reference)
         elif method == "cached":
-            seconds, scores = _time(lambda: score_cached(model, prompts, cands), repeats, device)
+            seconds, scores, first = _time(lambda: score_cached(model, prompts, cands), repeats, device)
             diff = _max_diff(scores, reference)
         elif method == "generate":
             texts = [[f"command {k}" for k in range(candidates)] for _ in range(games)]
-            seconds, _ = _time(lambda: generate_and_parse(model, tokenizer, prompts, texts), repeats, device)
+            seconds, _, first = _time(lambda: generate_and_parse(model, tokenizer, prompts, texts), repeats, device)
         else:  # prefill: the same number of tokens as one packed pass, plain causal attention
             length = prompt_tokens + candidates * candidate_tokens
-            seconds, _ = _time(lambda: plain_prefill(model, games, length, vocab), repeats, device)
+            seconds, _, first = _time(lambda: plain_prefill(model, games, length, vocab), repeats, device)
         timed[method] = seconds
-        rows.append(Row(method, **shape, seconds=seconds, priors_per_s=games / seconds, max_abs_diff=diff))
-    if "packed" in timed and "prefill" in timed:
+        rows.append(
+            Row(method, **shape, seconds=seconds, priors_per_s=games / seconds, max_abs_diff=diff, first_call_s=first, attention=attention)
+        )
+    if "prefill" in timed:
         for row in rows:
-            if row.method == "packed":
-                row.prefill_ratio = timed["prefill"] / timed["packed"]
+            if row.method in ("packed", "packed-sdpa"):
+                row.prefill_ratio = timed["prefill"] / row.seconds
     return rows
 
 
@@ -232,19 +257,26 @@ def _load_model(llm: str, random_arch: str | None, tokenizer_dir: str | None, de
     return model, tokenizer, f"{random_arch} (random weights)"
 
 
+def _transformers_version() -> str:
+    import transformers
+
+    return transformers.__version__
+
+
 def _print_table(rows: list[Row], title: str) -> None:
     from rich.console import Console
     from rich.table import Table
 
     table = Table(title=title)
-    for column in ("method", "E", "P", "K", "T", "seconds", "priors/s", "max |diff| vs alone", "x alone", "rate / prefill"):
+    for column in ("method", "E", "P", "K", "T", "seconds", "first call s", "priors/s", "max |diff| vs alone", "x alone", "rate / prefill"):
         table.add_column(column, justify="right")
     alone = {(r.games, r.prompt_tokens, r.candidates): r.seconds for r in rows if r.method == "alone"}
     for r in rows:
         base = alone.get((r.games, r.prompt_tokens, r.candidates))
         table.add_row(
-            r.method, str(r.games), str(r.prompt_tokens), str(r.candidates), str(r.candidate_tokens),
-            f"{r.seconds:.4f}", f"{r.priors_per_s:.2f}",
+            r.method + (f" ({r.attention})" if r.attention else ""), str(r.games), str(r.prompt_tokens),
+            str(r.candidates), str(r.candidate_tokens), f"{r.seconds:.4f}",
+            "" if r.first_call_s is None else f"{r.first_call_s:.2f}", f"{r.priors_per_s:.2f}",
             "" if r.max_abs_diff is None else f"{r.max_abs_diff:.2e}",
             "" if base is None else f"{base / r.seconds:.1f}",
             "" if r.prefill_ratio is None else f"{r.prefill_ratio:.2f}",
@@ -285,7 +317,7 @@ def register(bench_app: typer.Typer) -> None:
         for e, p, k in track(shapes, description="bench prior", transient=True, disable=as_json):
             rows += run_shape(model, tokenizer, chosen, e, p, k, candidate_tokens, repeats, token_budget)
         machine = torch.cuda.get_device_name(model_device) if model_device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
-        header = dict(model=name, device=str(model_device), machine=machine, dtype=str(next(model.parameters()).dtype), repeats=repeats, torch=torch.__version__)
+        header = dict(model=name, device=str(model_device), machine=machine, dtype=str(next(model.parameters()).dtype), repeats=repeats, torch=torch.__version__, transformers=_transformers_version())
         if as_json:
             print(json.dumps({**header, "rows": [asdict(r) for r in rows]}, indent=2))
         else:

@@ -1,15 +1,22 @@
 """Score every valid command of many game states in a few packed forward passes; turn the scores into a prior.
 
-    score_candidates(model, prompts, candidates, token_budget, grad=False) -> list[CandidateScores]
+    score_candidates(model, prompts, candidates, token_budget, grad=False, attention="auto") -> list[CandidateScores]
     candidate_prior(scores, reduction="sum", temperature=1.0, stats=None) -> Tensor[K]
     score_each_alone(model, prompts, candidates) -> list[CandidateScores]      # the slow reference
 
-The packed form: per game one sequence holds the prompt followed by every candidate. A 4-D block attention mask
-lets each candidate token see the prompt and its own earlier tokens only, and positions restart after the prompt
-for each candidate, so every candidate is scored exactly as if it followed the prompt alone. The backbone runs
-once over the packed tokens; the LM head is applied only to the hidden states that predict a candidate token
-(the prompt's last position for each candidate's first token, then the candidate's own positions), which keeps the
-vocabulary-sized logits small.
+The packed form: per game one sequence holds the prompt followed by every candidate. A block attention mask lets
+each candidate token see the prompt and its own earlier tokens only, and positions restart after the prompt for
+each candidate, so every candidate is scored exactly as if it followed the prompt alone. The mask takes one of two
+forms (`attention`): 'sdpa', a dense 4-D additive mask through the model's own attention (SDPA cannot use its flash
+kernel with it), or 'flex', a FlexAttention `BlockMask` built from the same rule, with which the model runs
+transformers' flex_attention implementation for that forward pass only: blocks of 128 x 128 where nothing is
+allowed are skipped and blocks where everything is run unmasked. 'auto' (the default) is flex on CUDA, sdpa on the
+CPU (where FlexAttention has no backward pass and the dense mask is as fast).
+
+The backbone runs once over the packed tokens; the LM head is applied only to the hidden states that predict a
+candidate token (the prompt's last position for each candidate's first token, then the candidate's own
+positions), which keeps the vocabulary-sized logits small, and gives float32 logits without rounding them to the
+model's 16-bit dtype (`head_logits`).
 
 Games are cut into forward passes ("chunks") of at most `token_budget` tokens including padding; a game whose
 prompt and candidates exceed the budget is split into several sequences that each repeat the prompt. With
@@ -19,9 +26,12 @@ prompt and candidates exceed the budget is split into several sequences that eac
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import logging
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 log = logging.getLogger(__name__)
@@ -94,44 +104,63 @@ def _chunks(pieces: list[_Piece], token_budget: int) -> list[list[_Piece]]:
 
 
 _LENGTH_MULTIPLE = 16  # padded length: keeps the mask's rows aligned for the fused attention kernels
+ATTENTION_MODES = ("auto", "sdpa", "flex")
 
 
 def _pack(prompts, candidates, chunk: list[_Piece], offsets: list[int]):
     """Token ids, positions and segment ids (0 prompt, s+1 the s-th candidate of the row, -1 padding) of a chunk,
     plus one entry per candidate token: its row, the position whose hidden state predicts it, its id, and the
-    flat index (offsets[game] + candidate index) of the candidate it belongs to. Built as lists, converted once."""
-    longest = max(piece.length for piece in chunk)
-    length = -(-longest // _LENGTH_MULTIPLE) * _LENGTH_MULTIPLE
-    ids_rows, position_rows, segment_rows = [], [], []
-    rows, predictors, targets, owners = [], [], [], []
+    flat index (offsets[game] + candidate index) of the candidate it belongs to.
+
+    Only the flat token lists are built in Python; every index is computed by a few NumPy operations over them (a
+    per-candidate Python loop cost about 4 ms at 8 games x 55 candidates x 1,024 prompt tokens, this about 1 ms;
+    NumPy rather than torch because torch's CPU kernels for these (repeat_interleave, index_put) go multi-threaded
+    even at this size, which costs more than the work when the cores are busy)."""
+    prompt_lists = [prompts[piece.game] for piece in chunk]
+    cand_lists, cand_rows, cand_owners, cand_segments = [], [], [], []
     for row, piece in enumerate(chunk):
-        prompt = prompts[piece.game]
-        p = len(prompt)
-        ids, positions, segments = list(prompt), list(range(p)), [0] * p
+        game_cands, base = candidates[piece.game], offsets[piece.game]
         for slot, index in enumerate(piece.candidate_indices):
-            cand = candidates[piece.game][index]
-            n = len(cand)
-            if n == 0:
-                continue
-            start = len(ids)
-            ids += cand
-            positions += range(p, p + n)  # positions restart after the prompt
-            segments += [slot + 1] * n
-            # Token j of the candidate is predicted from the prompt's last token (j = 0) or candidate token j-1.
-            predictors.append(p - 1)
-            predictors += range(start, start + n - 1)
-            rows += [row] * n
-            targets += cand
-            owners += [offsets[piece.game] + index] * n
-        pad = length - len(ids)
-        ids_rows.append(ids + [0] * pad)
-        position_rows.append(positions + [0] * pad)
-        segment_rows.append(segments + [-1] * pad)
-    as_tensor = lambda values: torch.tensor(values, dtype=torch.long)  # noqa: E731
-    return (
-        as_tensor(ids_rows), as_tensor(position_rows), as_tensor(segment_rows),
-        as_tensor(rows), as_tensor(predictors), as_tensor(targets), as_tensor(owners),
-    )  # fmt: skip
+            cand_lists.append(game_cands[index])
+            cand_rows.append(row)
+            cand_owners.append(base + index)
+            cand_segments.append(slot + 1)
+    as_array = lambda values: np.asarray(values, dtype=np.int64)  # noqa: E731
+    flat = lambda lists: np.fromiter(itertools.chain.from_iterable(lists), dtype=np.int64)  # noqa: E731
+    prompt_lengths = as_array([len(p) for p in prompt_lists])  # [R]
+    lengths = as_array([len(c) for c in cand_lists])  # [C]
+    cand_row = as_array(cand_rows)
+    num_rows = len(chunk)
+    row_lengths = prompt_lengths + np.bincount(cand_row, weights=lengths, minlength=num_rows).astype(np.int64)
+    length = -(-int(row_lengths.max()) // _LENGTH_MULTIPLE) * _LENGTH_MULTIPLE
+    # Candidate c starts after its row's prompt and the row's earlier candidates (rows hold consecutive candidates).
+    starts = np.cumsum(lengths) - lengths  # exclusive cumsum over the chunk
+    per_row = np.bincount(cand_row, minlength=num_rows)
+    row_first = np.cumsum(per_row) - per_row  # each row's first candidate (every piece has at least one)
+    column_start = prompt_lengths[cand_row] + starts - starts[row_first][cand_row]  # [C]
+    token_cand = np.repeat(np.arange(len(cand_lists)), lengths)  # [N] candidate of each token
+    j = np.arange(token_cand.size) - starts[token_cand]  # index of the token within its candidate
+    rows = cand_row[token_cand]
+    columns = column_start[token_cand] + j
+    prompt_end = prompt_lengths[rows]
+    # Token j of the candidate is predicted from the prompt's last token (j = 0) or candidate token j-1.
+    predictors = np.where(j == 0, prompt_end - 1, columns - 1)
+    targets = flat(cand_lists)
+    owners = as_array(cand_owners)[token_cand]
+    input_ids = np.zeros((num_rows, length), dtype=np.int64)
+    positions = np.zeros((num_rows, length), dtype=np.int64)
+    segments = np.full((num_rows, length), -1, dtype=np.int64)
+    prompt_rows = np.repeat(np.arange(num_rows), prompt_lengths)
+    prompt_columns = np.arange(prompt_rows.size) - (np.cumsum(prompt_lengths) - prompt_lengths)[prompt_rows]
+    input_ids[prompt_rows, prompt_columns] = flat(prompt_lists)
+    positions[prompt_rows, prompt_columns] = prompt_columns
+    segments[prompt_rows, prompt_columns] = 0
+    input_ids[rows, columns] = targets
+    positions[rows, columns] = prompt_end + j  # positions restart after the prompt
+    segments[rows, columns] = as_array(cand_segments)[token_cand]
+    return tuple(
+        torch.from_numpy(a) for a in (input_ids, positions, segments, rows, predictors, targets, owners)
+    )
 
 
 def block_attention_mask(segments: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -148,7 +177,119 @@ def block_attention_mask(segments: torch.Tensor, dtype: torch.dtype) -> torch.Te
     return mask[:, None]
 
 
-def _score_chunk(model, prompts, candidates, chunk: list[_Piece], offsets: list[int], total: int) -> torch.Tensor:
+def block_flex_mask(segments: torch.Tensor):
+    """The same rule as `block_attention_mask`, as a FlexAttention `BlockMask` (128 x 128 blocks): blocks where
+    nothing is allowed are skipped by the kernel, blocks where everything is (a candidate's queries against the
+    prompt, the prompt's own lower triangle) run without evaluating the rule."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    batch, length = segments.shape
+    return create_block_mask(block_rule(segments), batch, None, length, length, device=segments.device)
+
+
+def block_rule(segments: torch.Tensor):
+    """FlexAttention's mask_mod for `segments` [B, L]: True where query q may see key k."""
+    segments = segments.to(torch.int32)  # halves the dense intermediate of create_block_mask
+
+    def allowed(batch, head, query, key):
+        key_segment = segments[batch, key]
+        return (key <= query) & ((key_segment == 0) | (key_segment == segments[batch, query]))
+
+    return allowed
+
+
+def resolve_attention(model, attention: str = "auto") -> str:
+    """'sdpa' (a dense 4-D additive mask, through whatever attention the model was loaded with) or 'flex'
+    (FlexAttention with a block-sparse `BlockMask`). 'auto' is flex on CUDA where torch and the model support it,
+    unless flex already failed in this process; sdpa elsewhere (on the CPU the dense mask is as fast)."""
+    if attention not in ATTENTION_MODES:
+        raise ValueError(f"attention must be one of {', '.join(ATTENTION_MODES)}, not {attention!r}")
+    if attention != "auto":
+        return attention
+    if _model_device(model).type != "cuda" or _flex_failed:
+        return "sdpa"
+    return "flex" if _flex_supported(model) else "sdpa"
+
+
+def _flex_supported(model) -> bool:
+    from transformers.utils import is_torch_flex_attn_available
+
+    causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return bool(is_torch_flex_attn_available() and getattr(causal_lm, "_supports_flex_attn", False))
+
+
+_flex_failed: str | None = None  # why flex failed in this process, once it has: 'auto' then uses sdpa
+
+
+@contextlib.contextmanager
+def _attention_implementation(model, implementation: str):
+    """The model's attention implementation switched for one forward pass, then restored (the config is shared
+    by every layer, and by every other caller of the model)."""
+    config = (model.get_base_model() if hasattr(model, "get_base_model") else model).config
+    previous = config._attn_implementation
+    config._attn_implementation = implementation
+    try:
+        yield
+    finally:
+        config._attn_implementation = previous
+
+
+class _LinearFloat32Out(torch.autograd.Function):
+    """hidden @ weight.T with bf16/fp16 operands and a float32 result (the product accumulates in float32
+    anyway; this skips rounding the logits to 16 bits). torch.mm(..., out_dtype=) has no autograd formula."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight):
+        ctx.save_for_backward(hidden, weight)
+        return torch.mm(hidden, weight.t(), out_dtype=torch.float32)
+
+    @staticmethod
+    def backward(ctx, grad):
+        hidden, weight = ctx.saved_tensors
+        grad = grad.to(weight.dtype)
+        grad_hidden = grad @ weight if ctx.needs_input_grad[0] else None
+        grad_weight = grad.t() @ hidden if ctx.needs_input_grad[1] else None
+        return grad_hidden, grad_weight
+
+
+_float32_out_works: bool | None = None  # None: not tried yet
+
+
+def head_logits(lm_head: torch.nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+    """[..., V] float32 logits. For a plain bias-free 16-bit linear head on CUDA, computed by one matrix product
+    with a float32 result, so the logits are not rounded to bf16 (whose step is 0.004-0.016 at the logits' size)
+    before the log-softmax; otherwise `lm_head(hidden).float()`. Every scoring path (packed, each-alone, the
+    benchmark's references) uses this, so comparisons between them measure the packing, not the head's rounding."""
+    global _float32_out_works
+    weight = getattr(lm_head, "weight", None)
+    if (
+        _float32_out_works is not False
+        and type(lm_head) is torch.nn.Linear
+        and lm_head.bias is None
+        and hidden.is_cuda
+        and hidden.dtype in (torch.bfloat16, torch.float16)
+        and weight.dtype == hidden.dtype
+    ):
+        try:
+            flat = _LinearFloat32Out.apply(hidden.reshape(-1, hidden.shape[-1]), weight)
+            _float32_out_works = True
+            return flat.reshape(*hidden.shape[:-1], flat.shape[-1])
+        except (RuntimeError, TypeError, NotImplementedError) as exc:  # an older torch without mm(out_dtype=)
+            if _float32_out_works:
+                raise
+            _float32_out_works = False
+            log.warning("float32 logits from a 16-bit head unavailable (%s); rounding logits to %s", exc, hidden.dtype)
+    return lm_head(hidden).float()
+
+
+def token_logprobs(lm_head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """[...] float32 log p(target | hidden): the target's logit minus the logsumexp over the vocabulary (never
+    materialising the whole log-softmax)."""
+    logits = head_logits(lm_head, hidden)
+    return logits.gather(-1, targets[..., None])[..., 0] - logits.logsumexp(-1)
+
+
+def _score_chunk(model, prompts, candidates, chunk, offsets, total: int, attention: str) -> torch.Tensor:
     """[total] float32: this chunk's candidates' summed log-probabilities at their flat indices, zero elsewhere."""
     backbone, lm_head = _split_causal_lm(model)
     device = _model_device(model)
@@ -158,11 +299,15 @@ def _score_chunk(model, prompts, candidates, chunk: list[_Piece], offsets: list[
     sums = torch.zeros(total, device=device)
     if targets.numel() == 0:
         return sums
-    mask = block_attention_mask(segments, lm_head.weight.dtype)
-    hidden = backbone(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=False).last_hidden_state
-    logits = lm_head(hidden[rows, predictors]).float()
-    token_logprobs = logits.log_softmax(-1).gather(1, targets[:, None])[:, 0]
-    return sums.index_add(0, owners, token_logprobs)
+    if attention == "flex":
+        with _attention_implementation(model, "flex_attention"):
+            hidden = backbone(
+                input_ids=input_ids, attention_mask=block_flex_mask(segments), position_ids=positions, use_cache=False
+            ).last_hidden_state
+    else:
+        mask = block_attention_mask(segments, lm_head.weight.dtype)
+        hidden = backbone(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=False).last_hidden_state
+    return sums.index_add(0, owners, token_logprobs(lm_head, hidden[rows, predictors], targets))
 
 
 def score_candidates(
@@ -171,30 +316,54 @@ def score_candidates(
     candidates: list[list[list[int]]],
     token_budget: int,
     grad: bool = False,
+    attention: str = "auto",
 ) -> list[CandidateScores]:
     """Per game, each candidate's summed log-probability after the game's prompt, and its token count.
 
     prompts[g] are game g's prompt ids; candidates[g][k] the ids of its k-th command (see prompts.encode_candidates).
-    Forward passes hold at most `token_budget` tokens (a single oversized candidate still runs, alone)."""
+    Forward passes hold at most `token_budget` tokens (a single oversized candidate still runs, alone).
+    `attention`: 'auto' (flex on CUDA, sdpa elsewhere), 'sdpa' or 'flex' (see `resolve_attention`)."""
     if len(prompts) != len(candidates):
         raise ValueError(f"{len(prompts)} prompts but {len(candidates)} candidate lists")
     if any(not prompt for prompt in prompts):
         raise ValueError("every prompt needs at least one token")
     device = _model_device(model)
+    requested, attention = attention, resolve_attention(model, attention)
+    if attention == "flex" and grad and device.type != "cuda":
+        raise ValueError("attention='flex' has no backward pass on the CPU (torch's FlexAttention); use 'sdpa' or 'auto'")
     sizes = [len(cands) for cands in candidates]
-    offsets = [sum(sizes[:g]) for g in range(len(sizes))]
+    offsets = list(itertools.accumulate(sizes, initial=0))[:-1]
     with torch.enable_grad() if grad else torch.no_grad():
         sums = torch.zeros(sum(sizes), device=device)
         for chunk in _chunks(_pieces(prompts, candidates, token_budget), token_budget):
-            sums = sums + _score_chunk(model, prompts, candidates, chunk, offsets, sum(sizes))
+            sums = sums + _score_flex_or_sdpa(model, prompts, candidates, chunk, offsets, sum(sizes), attention, requested)
     return [
         CandidateScores(logprob_sum=game_sums, num_tokens=torch.tensor([len(c) for c in cands], device=device))
         for game_sums, cands in zip(sums.split(sizes), candidates)
     ]
 
 
+def _score_flex_or_sdpa(model, prompts, candidates, chunk, offsets, total, attention: str, requested: str):
+    """One chunk; under 'auto', a flex failure (no Triton, an unsupported model) is logged once and sdpa used from then on."""
+    global _flex_failed
+    if attention == "flex" and requested == "auto" and _flex_failed:  # failed on an earlier chunk of this call
+        attention = "sdpa"
+    if attention != "flex" or requested != "auto":
+        return _score_chunk(model, prompts, candidates, chunk, offsets, total, attention)
+    try:
+        return _score_chunk(model, prompts, candidates, chunk, offsets, total, "flex")
+    except torch.OutOfMemoryError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any failure of the optional kernel falls back to the dense mask
+        _flex_failed = f"{type(exc).__name__}: {exc}"
+        log.warning("FlexAttention scoring failed, using the dense SDPA mask from now on: %s", _flex_failed)
+        return _score_chunk(model, prompts, candidates, chunk, offsets, total, "sdpa")
+
+
 def score_each_alone(model, prompts: list[list[int]], candidates: list[list[list[int]]]) -> list[CandidateScores]:
-    """The reference: every candidate as its own sequence (prompt + candidate), plain causal attention."""
+    """The reference: every candidate as its own sequence (prompt + candidate), plain causal attention, the model's
+    own attention implementation; logits as in the packed scorer (`head_logits`)."""
+    backbone, lm_head = _split_causal_lm(model)
     device = _model_device(model)
     results = []
     with torch.no_grad():
@@ -204,8 +373,8 @@ def score_each_alone(model, prompts: list[list[int]], candidates: list[list[list
                 if not cand:
                     continue
                 ids = torch.tensor([prompt + cand], device=device)
-                logprobs = model(input_ids=ids, use_cache=False).logits[0, len(prompt) - 1 : -1].float().log_softmax(-1)
-                sums[index] = logprobs.gather(1, torch.tensor(cand, device=device)[:, None]).sum()
+                hidden = backbone(input_ids=ids, use_cache=False).last_hidden_state[0, len(prompt) - 1 : -1]
+                sums[index] = token_logprobs(lm_head, hidden, ids[0, len(prompt) :]).sum()
             results.append(CandidateScores(sums, torch.tensor([len(c) for c in cands], device=device)))
     return results
 
