@@ -14,7 +14,6 @@ from priorzero.config import EnvConfig, LLMConfig
 from priorzero.llm.loading import load_language_model
 from priorzero.llm.prompts import build_prompt, encode_candidates
 from priorzero.llm.quality import walkthrough_states
-from priorzero.llm import scorer
 from priorzero.llm.scorer import (
     CandidateScores,
     PriorStats,
@@ -218,36 +217,12 @@ def test_flex_path_equals_dense_path_and_each_alone(tiny_model):
 
 
 def test_attention_choice_and_its_errors(tiny_model):
-    assert resolve_attention(tiny_model, "auto") == "sdpa"  # the CPU
+    assert resolve_attention(tiny_model, "auto") == "sdpa"  # on every device (flex measured slower on an H100)
     assert resolve_attention(tiny_model, "flex") == "flex"
     with pytest.raises(ValueError, match="attention must be one of"):
         score_candidates(tiny_model, [[1, 2]], [[[3]]], token_budget=64, attention="fast")
     with pytest.raises(ValueError, match="no backward pass on the CPU"):
         score_candidates(tiny_model, [[1, 2]], [[[3]]], token_budget=64, grad=True, attention="flex")
-
-
-def test_auto_falls_back_to_the_dense_mask_once_flex_fails(tiny_model, monkeypatch, caplog):
-    calls = []
-
-    def broken(segments):
-        calls.append(segments.shape)
-        raise RuntimeError("no triton here")
-
-    resolve = scorer.resolve_attention
-    monkeypatch.setattr(scorer, "_flex_failed", None)
-    monkeypatch.setattr(scorer, "block_flex_mask", broken)
-    # As on CUDA: 'auto' picks flex until flex has failed once.
-    monkeypatch.setattr(scorer, "resolve_attention", lambda m, a="auto": "flex" if a == "auto" and not scorer._flex_failed else resolve(m, a))
-    prompts, cands = _random_states([12, 30])
-    first = score_candidates(tiny_model, prompts, cands, token_budget=40)  # two chunks: flex tried on the first only
-    assert len(calls) == 1 and "no triton here" in caplog.text and "no triton here" in scorer._flex_failed
-    again = score_candidates(tiny_model, prompts, cands, token_budget=4096)
-    assert len(calls) == 1
-    alone = score_each_alone(tiny_model, prompts, cands)
-    assert _max_diff(first, alone) < 1e-5 and _max_diff(again, alone) < 1e-5
-    assert tiny_model.config._attn_implementation == "sdpa"
-    with pytest.raises(RuntimeError, match="no triton here"):  # asked for by name, flex fails loudly
-        score_candidates(tiny_model, prompts, cands, token_budget=4096, attention="flex")
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="float32 logits from a 16-bit head: CUDA only")

@@ -2,8 +2,8 @@
 
 Methods (E games, each a P-token prompt and K candidates of T tokens):
   packed    scorer.score_candidates: one sequence per game, block attention mask, logits at candidate tokens only
-            (attention 'auto': FlexAttention with a block-sparse mask on CUDA, the dense SDPA mask elsewhere)
-  packed-sdpa  the same with the dense 4-D mask through SDPA (attention='sdpa'), for comparison on GPU
+            (the default attention: the dense 4-D mask through SDPA)
+  packed-flex  the same with attention='flex': FlexAttention with a block-sparse BlockMask
   alone     every candidate as its own sequence (prompt + candidate), batched within the token budget
   cached    the prompt once per game, its KV cache copied for each candidate, candidates as a batch
   generate  ask for a ranked list (up to 64 new tokens, greedy) and parse it, as the upstream prototype did
@@ -13,7 +13,9 @@ Reported per shape and method: median seconds over --repeats, the untimed warm-u
 any compilation), priors (game states) per second, the largest absolute difference of the candidate
 log-probability sums from `alone`, and on GPU the ratio of each packed rate to the plain-prefill rate. Every
 method that scores takes its logits through scorer.head_logits (float32 logits from a 16-bit head on CUDA), so
-the differences measure the packing and the attention kernels, not the head's rounding. `--random-arch` builds a random-weight model of a real architecture (throughput does
+the differences measure the packing and the attention kernels, not the head's rounding. With --fp32-reference
+(16-bit models) each scoring method's sums are also compared with `alone` run on a float32 copy of the model:
+how far each is from the exact result, `alone` included. `--random-arch` builds a random-weight model of a real architecture (throughput does
 not depend on the weights), so no weights need to be present.
 """
 
@@ -41,7 +43,7 @@ from priorzero.llm.scorer import (
     token_logprobs,
 )
 
-METHODS = ("packed", "packed-sdpa", "alone", "cached", "generate", "prefill")
+METHODS = ("packed", "packed-flex", "alone", "cached", "generate", "prefill")
 GENERATE_TOKENS = 64
 
 # Architectures of the models the prior is meant for, for random-weight throughput runs.
@@ -72,6 +74,7 @@ class Row:
     prefill_ratio: float | None = None  # packed rate / plain-prefill rate (GPU)
     first_call_s: float | None = None  # the untimed warm-up call (compilation included)
     attention: str | None = None  # packed methods: the attention path used
+    max_abs_diff_fp32: float | None = None  # vs `alone` on a float32 copy of the model (--fp32-reference)
 
 
 def build_random_model(arch: str, device: torch.device, dtype: torch.dtype, seed: int = 0):
@@ -198,25 +201,27 @@ def _max_diff(scores: list[CandidateScores], reference: list[CandidateScores] | 
     )
 
 
-def run_shape(model, tokenizer, methods, games, prompt_tokens, candidates, candidate_tokens, repeats, token_budget) -> list[Row]:
-    """Time each method on one shape; `alone` runs first when asked, so the others can be compared with it."""
+def run_shape(model, tokenizer, methods, games, prompt_tokens, candidates, candidate_tokens, repeats, token_budget, model_fp32=None) -> list[Row]:
+    """Time each method on one shape; `alone` runs first when asked, so the others can be compared with it
+    (and, given `model_fp32`, every scoring method with `alone` on that float32 model, run once untimed)."""
     device = next(model.parameters()).device
     vocab = model.config.vocab_size
     prompts, cands = synthetic_states(vocab, games, prompt_tokens, candidates, candidate_tokens)
     shape = dict(games=games, prompt_tokens=prompt_tokens, candidates=candidates, candidate_tokens=candidate_tokens)
     reference = None
+    exact = None if model_fp32 is None else score_alone_batched(model_fp32, prompts, cands, token_budget)
     timed: dict[str, float] = {}
     rows = []
     ordered = sorted(methods, key=lambda m: (m != "alone", METHODS.index(m)))
     for method in ordered:
-        diff = attention = None
+        diff = attention = scores = None
         if method == "alone":
             seconds, reference, first = _time(lambda: score_alone_batched(model, prompts, cands, token_budget), repeats, device)
-        elif method in ("packed", "packed-sdpa"):
-            attention = "auto" if method == "packed" else "sdpa"
-            score = lambda: score_candidates(model, prompts, cands, token_budget, attention=attention)  # noqa: E731
+            scores = reference
+        elif method in ("packed", "packed-flex"):
+            attention = resolve_attention(model, "auto" if method == "packed" else "flex")
+            score = lambda: score_candidates(model, prompts, cands, token_budget, attention=attention)  # noqa: B023, E731
             seconds, scores, first = _time(score, repeats, device)
-            attention = resolve_attention(model, attention)  # after the calls: 'auto' may have fallen back
             diff = _max_diff(scores, reference)
         elif method == "cached":
             seconds, scores, first = _time(lambda: score_cached(model, prompts, cands), repeats, device)
@@ -228,12 +233,13 @@ def run_shape(model, tokenizer, methods, games, prompt_tokens, candidates, candi
             length = prompt_tokens + candidates * candidate_tokens
             seconds, _, first = _time(lambda: plain_prefill(model, games, length, vocab), repeats, device)
         timed[method] = seconds
-        rows.append(
-            Row(method, **shape, seconds=seconds, priors_per_s=games / seconds, max_abs_diff=diff, first_call_s=first, attention=attention)
-        )
+        row = Row(method, **shape, seconds=seconds, priors_per_s=games / seconds, max_abs_diff=diff, first_call_s=first, attention=attention)
+        if exact is not None and scores is not None:
+            row.max_abs_diff_fp32 = _max_diff(scores, exact)
+        rows.append(row)
     if "prefill" in timed:
         for row in rows:
-            if row.method in ("packed", "packed-sdpa"):
+            if row.method in ("packed", "packed-flex"):
                 row.prefill_ratio = timed["prefill"] / row.seconds
     return rows
 
@@ -268,7 +274,7 @@ def _print_table(rows: list[Row], title: str) -> None:
     from rich.table import Table
 
     table = Table(title=title)
-    for column in ("method", "E", "P", "K", "T", "seconds", "first call s", "priors/s", "max |diff| vs alone", "x alone", "rate / prefill"):
+    for column in ("method", "E", "P", "K", "T", "seconds", "first call s", "priors/s", "max |diff| vs alone", "max |diff| vs fp32", "x alone", "rate / prefill"):
         table.add_column(column, justify="right")
     alone = {(r.games, r.prompt_tokens, r.candidates): r.seconds for r in rows if r.method == "alone"}
     for r in rows:
@@ -278,6 +284,7 @@ def _print_table(rows: list[Row], title: str) -> None:
             str(r.candidates), str(r.candidate_tokens), f"{r.seconds:.4f}",
             "" if r.first_call_s is None else f"{r.first_call_s:.2f}", f"{r.priors_per_s:.2f}",
             "" if r.max_abs_diff is None else f"{r.max_abs_diff:.2e}",
+            "" if r.max_abs_diff_fp32 is None else f"{r.max_abs_diff_fp32:.2e}",
             "" if base is None else f"{base / r.seconds:.1f}",
             "" if r.prefill_ratio is None else f"{r.prefill_ratio:.2f}",
         )  # fmt: skip
@@ -299,6 +306,7 @@ def register(bench_app: typer.Typer) -> None:
         methods: Annotated[str, typer.Option("--methods", help=f"Comma-separated subset of: {', '.join(METHODS)}.")] = "packed,alone,cached,generate",
         repeats: Annotated[int, typer.Option("--repeats", min=1, help="Timed runs per cell (median reported), after one warm-up.")] = 3,
         token_budget: Annotated[int, typer.Option("--token-budget", min=64, help="Most tokens per forward pass (packed, alone).")] = 65536,
+        fp32_reference: Annotated[bool, typer.Option("--fp32-reference", help="Also compare every scoring method with each-alone on a float32 copy of the model (16-bit models).")] = False,
         as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of the table.")] = False,
     ) -> None:
         """Time packed prior scoring against each-candidate-alone, prompt-cache-copied and generate-and-parse."""
@@ -314,8 +322,13 @@ def register(bench_app: typer.Typer) -> None:
         rows: list[Row] = []
         from rich.progress import track
 
+        model_fp32 = None
+        if fp32_reference and next(model.parameters()).dtype != torch.float32:
+            import copy
+
+            model_fp32 = copy.deepcopy(model).float()
         for e, p, k in track(shapes, description="bench prior", transient=True, disable=as_json):
-            rows += run_shape(model, tokenizer, chosen, e, p, k, candidate_tokens, repeats, token_budget)
+            rows += run_shape(model, tokenizer, chosen, e, p, k, candidate_tokens, repeats, token_budget, model_fp32)
         machine = torch.cuda.get_device_name(model_device) if model_device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
         header = dict(model=name, device=str(model_device), machine=machine, dtype=str(next(model.parameters()).dtype), repeats=repeats, torch=torch.__version__, transformers=_transformers_version())
         if as_json:

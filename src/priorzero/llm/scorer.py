@@ -10,8 +10,8 @@ each candidate, so every candidate is scored exactly as if it followed the promp
 forms (`attention`): 'sdpa', a dense 4-D additive mask through the model's own attention (SDPA cannot use its flash
 kernel with it), or 'flex', a FlexAttention `BlockMask` built from the same rule, with which the model runs
 transformers' flex_attention implementation for that forward pass only: blocks of 128 x 128 where nothing is
-allowed are skipped and blocks where everything is run unmasked. 'auto' (the default) is flex on CUDA, sdpa on the
-CPU (where FlexAttention has no backward pass and the dense mask is as fast).
+allowed are skipped and blocks where everything is run unmasked. 'auto' (the default) is sdpa: on an H100 the
+flex path measured slower at every benchmark shape, and on the CPU FlexAttention has no backward pass.
 
 The backbone runs once over the packed tokens; the LM head is applied only to the hidden states that predict a
 candidate token (the prompt's last position for each candidate's first token, then the candidate's own
@@ -184,7 +184,10 @@ def block_flex_mask(segments: torch.Tensor):
     from torch.nn.attention.flex_attention import create_block_mask
 
     batch, length = segments.shape
-    return create_block_mask(block_rule(segments), batch, None, length, length, device=segments.device)
+    # Compiled on CUDA (the uncompiled construction took 10 ms at 8 x 1,376 tokens on an H100); eager on the CPU.
+    return create_block_mask(
+        block_rule(segments), batch, None, length, length, device=segments.device, _compile=segments.is_cuda
+    )
 
 
 def block_rule(segments: torch.Tensor):
@@ -200,15 +203,14 @@ def block_rule(segments: torch.Tensor):
 
 def resolve_attention(model, attention: str = "auto") -> str:
     """'sdpa' (a dense 4-D additive mask, through whatever attention the model was loaded with) or 'flex'
-    (FlexAttention with a block-sparse `BlockMask`). 'auto' is flex on CUDA where torch and the model support it,
-    unless flex already failed in this process; sdpa elsewhere (on the CPU the dense mask is as fast)."""
+    (FlexAttention with a block-sparse `BlockMask`; CUDA for gradients). 'auto' is sdpa on every device: on an H100
+    the flex path measured slower than the dense mask at every benchmark shape (the candidates are a small part of
+    each sequence, so few blocks can be skipped) and further from each-alone in bf16 (docs/benchmarks.md)."""
     if attention not in ATTENTION_MODES:
         raise ValueError(f"attention must be one of {', '.join(ATTENTION_MODES)}, not {attention!r}")
-    if attention != "auto":
-        return attention
-    if _model_device(model).type != "cuda" or _flex_failed:
-        return "sdpa"
-    return "flex" if _flex_supported(model) else "sdpa"
+    if attention == "flex" and not _flex_supported(model):
+        raise ValueError("attention='flex' needs torch's FlexAttention and a model whose transformers class supports it")
+    return "sdpa" if attention == "auto" else attention
 
 
 def _flex_supported(model) -> bool:
@@ -216,9 +218,6 @@ def _flex_supported(model) -> bool:
 
     causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
     return bool(is_torch_flex_attn_available() and getattr(causal_lm, "_supports_flex_attn", False))
-
-
-_flex_failed: str | None = None  # why flex failed in this process, once it has: 'auto' then uses sdpa
 
 
 @contextlib.contextmanager
@@ -283,10 +282,9 @@ def head_logits(lm_head: torch.nn.Module, hidden: torch.Tensor) -> torch.Tensor:
 
 
 def token_logprobs(lm_head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """[...] float32 log p(target | hidden): the target's logit minus the logsumexp over the vocabulary (never
-    materialising the whole log-softmax)."""
-    logits = head_logits(lm_head, hidden)
-    return logits.gather(-1, targets[..., None])[..., 0] - logits.logsumexp(-1)
+    """[...] float32 log p(target | hidden). One fused log_softmax over the float32 logits, then a gather: on an H100
+    at 2,640 rows x 151,936 that is faster than the target's logit minus a logsumexp (several passes)."""
+    return head_logits(lm_head, hidden).log_softmax(-1).gather(-1, targets[..., None])[..., 0]
 
 
 def _score_chunk(model, prompts, candidates, chunk, offsets, total: int, attention: str) -> torch.Tensor:
@@ -322,13 +320,13 @@ def score_candidates(
 
     prompts[g] are game g's prompt ids; candidates[g][k] the ids of its k-th command (see prompts.encode_candidates).
     Forward passes hold at most `token_budget` tokens (a single oversized candidate still runs, alone).
-    `attention`: 'auto' (flex on CUDA, sdpa elsewhere), 'sdpa' or 'flex' (see `resolve_attention`)."""
+    `attention`: 'auto' (= 'sdpa'), 'sdpa' or 'flex' (see `resolve_attention`)."""
     if len(prompts) != len(candidates):
         raise ValueError(f"{len(prompts)} prompts but {len(candidates)} candidate lists")
     if any(not prompt for prompt in prompts):
         raise ValueError("every prompt needs at least one token")
     device = _model_device(model)
-    requested, attention = attention, resolve_attention(model, attention)
+    attention = resolve_attention(model, attention)
     if attention == "flex" and grad and device.type != "cuda":
         raise ValueError("attention='flex' has no backward pass on the CPU (torch's FlexAttention); use 'sdpa' or 'auto'")
     sizes = [len(cands) for cands in candidates]
@@ -336,28 +334,11 @@ def score_candidates(
     with torch.enable_grad() if grad else torch.no_grad():
         sums = torch.zeros(sum(sizes), device=device)
         for chunk in _chunks(_pieces(prompts, candidates, token_budget), token_budget):
-            sums = sums + _score_flex_or_sdpa(model, prompts, candidates, chunk, offsets, sum(sizes), attention, requested)
+            sums = sums + _score_chunk(model, prompts, candidates, chunk, offsets, sum(sizes), attention)
     return [
         CandidateScores(logprob_sum=game_sums, num_tokens=torch.tensor([len(c) for c in cands], device=device))
         for game_sums, cands in zip(sums.split(sizes), candidates)
     ]
-
-
-def _score_flex_or_sdpa(model, prompts, candidates, chunk, offsets, total, attention: str, requested: str):
-    """One chunk; under 'auto', a flex failure (no Triton, an unsupported model) is logged once and sdpa used from then on."""
-    global _flex_failed
-    if attention == "flex" and requested == "auto" and _flex_failed:  # failed on an earlier chunk of this call
-        attention = "sdpa"
-    if attention != "flex" or requested != "auto":
-        return _score_chunk(model, prompts, candidates, chunk, offsets, total, attention)
-    try:
-        return _score_chunk(model, prompts, candidates, chunk, offsets, total, "flex")
-    except torch.OutOfMemoryError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - any failure of the optional kernel falls back to the dense mask
-        _flex_failed = f"{type(exc).__name__}: {exc}"
-        log.warning("FlexAttention scoring failed, using the dense SDPA mask from now on: %s", _flex_failed)
-        return _score_chunk(model, prompts, candidates, chunk, offsets, total, "sdpa")
 
 
 def score_each_alone(model, prompts: list[list[int]], candidates: list[list[list[int]]]) -> list[CandidateScores]:
