@@ -96,3 +96,23 @@ def _examples(learner, records):
     from priorzero.train.lm_learner import LMExample
 
     return [LMExample(r, 0.0) for r in records]
+
+
+def test_prior_cache_reuses_scores_until_the_weights_change(config, records):
+    learner = fresh_learner(config, lm_lr=1e-3, pg_loss_weight=0.0)
+    prior = learner.prior
+    game = make_game(config.env.env_id, config.env)
+    try:
+        state = GameState(game.reset(0))
+    finally:
+        game.close()
+    calls = []
+    score = prior.backend.prior_from_prepared
+    prior.backend.prior_from_prepared = lambda prepared: calls.append(len(prepared)) or score(prepared)
+    _, first = prior.priors([state, state])
+    _, again = prior.priors([state])
+    assert calls == [1] and prior.cache_hits == 2 and prior.cache_lookups == 3  # one scoring for three lookups
+    assert torch.equal(first[0], again[0]) and torch.equal(first[1], again[0])
+    learner.step(records)  # new weights: the cached prior is stale
+    _, updated = prior.priors([state])
+    assert calls == [1, 1] and not torch.equal(updated[0], first[0])

@@ -82,11 +82,20 @@ class RandomAgent:
 
 class PriorModel:
     """The language model's prior as training sees it: the transformers backend's prompts and packed scoring,
-    with gradients when asked, and `version`, the number of updates its weights (updated in place) have had."""
+    with gradients when asked, and `version`, the number of updates its weights (updated in place) have had.
+
+    Priors are cached by (prompt ids, command ids) until the version changes: games revisit the same states
+    (same room, same recent history) often, and on a CPU scoring them is most of a step's time."""
+
+    CACHE_ENTRIES = 4096
 
     def __init__(self, backend) -> None:
         self.backend = backend  # priorzero.llm.backends.hf.HFPrior
         self.version = 0
+        self.cache: dict[tuple, torch.Tensor] = {}
+        self.cache_version = 0
+        self.cache_lookups = 0
+        self.cache_hits = 0
 
     @property
     def lm(self):
@@ -102,7 +111,16 @@ class PriorModel:
         from priorzero.llm.backends.hf import PriorInput
 
         prepared = self.backend.prepare([PriorInput(s.observation.text, s.commands, s.history, s.opening) for s in states])
-        return [p.prompt_ids for p in prepared], self.backend.prior_from_prepared(prepared)
+        if self.cache_version != self.version or len(self.cache) >= self.CACHE_ENTRIES:
+            self.cache.clear()
+            self.cache_version = self.version
+        keys = [(tuple(p.prompt_ids), tuple(map(tuple, p.candidate_ids))) for p in prepared]
+        missing = {key: p for key, p in zip(keys, prepared) if key not in self.cache}
+        self.cache_lookups += len(keys)
+        self.cache_hits += len(keys) - len(missing)
+        if missing:
+            self.cache.update(zip(missing, self.backend.prior_from_prepared(list(missing.values()))))
+        return [p.prompt_ids for p in prepared], [self.cache[key] for key in keys]
 
     def log_priors_with_grad(self, prompts: list[list[int]], commands: list[list[str]]) -> list[torch.Tensor]:
         """Per game, the [K] log-prior with its autograd graph: what the language-model losses train."""

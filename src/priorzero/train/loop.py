@@ -292,8 +292,10 @@ def train_until_done(trainer: Trainer, run: RunDir) -> bool:
 
 def iteration(trainer: Trainer, stop: StopFlag, progress) -> dict[str, float]:
     start = time.perf_counter()
+    lookups, hits = trainer.prior.cache_lookups, trainer.prior.cache_hits
     results, episodes, decisions = trainer.collect(stop, progress.env_step)
     collect_s = time.perf_counter() - start
+    lookups, hits = trainer.prior.cache_lookups - lookups, trainer.prior.cache_hits - hits
     for episode in episodes:
         trainer.buffer.add_episode(episode, trainer.config.train.td_steps, trainer.config.search.discount)
     steps = sum(len(episode) for episode in episodes)
@@ -311,6 +313,7 @@ def iteration(trainer: Trainer, stop: StopFlag, progress) -> dict[str, float]:
         "time/collect_s": collect_s,
         "time/iteration_s": time.perf_counter() - start,
         "lm/version": float(trainer.prior.version),
+        "lm/prior_cache_hit_rate": hits / lookups if lookups else 0.0,
         "buffer/steps": float(len(trainer.buffer)),
     }
     if torch.cuda.is_available():
