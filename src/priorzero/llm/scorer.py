@@ -204,8 +204,8 @@ def block_rule(segments: torch.Tensor):
 def resolve_attention(model, attention: str = "auto") -> str:
     """'sdpa' (a dense 4-D additive mask, through whatever attention the model was loaded with) or 'flex'
     (FlexAttention with a block-sparse `BlockMask`; CUDA for gradients). 'auto' is sdpa on every device: on an H100
-    the flex path measured slower than the dense mask at every benchmark shape (the candidates are a small part of
-    each sequence, so few blocks can be skipped) and further from each-alone in bf16 (docs/benchmarks.md)."""
+    the flex path measured slower than the dense mask at 15 of 16 benchmark shapes (the candidates are a small part
+    of each sequence, so few blocks can be skipped) and further from each-alone in bf16 (docs/benchmarks.md)."""
     if attention not in ATTENTION_MODES:
         raise ValueError(f"attention must be one of {', '.join(ATTENTION_MODES)}, not {attention!r}")
     if attention == "flex" and not _flex_supported(model):
