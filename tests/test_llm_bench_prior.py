@@ -67,8 +67,10 @@ def test_hf_prior_on_real_game_states_and_quality_command(capsys, default_game_f
     overall = json.loads(capsys.readouterr().out)["overall"]
     assert overall["states"] == 2
     variants = {f"{o}, {v}, {r}" for o in ("opening", "no opening") for v in ("list", "no list") for r in ("sum", "mean")}
-    assert set(overall) == {"states", "uniform", *variants}
-    assert all(0 < overall[k] <= 1 for k in overall if k != "states")
+    calibration = {f"nll T={t}" for t in (1, 2, 3, 5)}
+    assert set(overall) == {"states", "uniform", *variants, *calibration}
+    assert all(0 < overall[k] <= 1 for k in overall if k in variants | {"uniform"})
+    assert all(overall[k] > 0 for k in calibration)
 
 
 def test_token_budget_grows_with_the_memory_budget():

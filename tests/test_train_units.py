@@ -114,3 +114,16 @@ def test_metrics_rows_after_the_resumed_checkpoint_are_dropped_and_curves_render
     assert "lm/kl" not in rows[0]  # non-finite values are not written
     run.write_curves()
     assert (run.path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_run_limits_on_iterations_steps_and_training_time():
+    from priorzero.train.loop import Counters, _limits_reached
+
+    def reached(counters, **limits):
+        return _limits_reached(build_config(overrides=[f"train.{k}={v}" for k, v in limits.items()]), counters)
+
+    counters = Counters(iteration=3, env_steps=300, train_seconds=90.0)
+    assert not reached(counters)
+    assert reached(counters, max_iter=3) and not reached(counters, max_iter=4)
+    assert reached(counters, max_env_steps=300) and not reached(counters, max_env_steps=301)
+    assert reached(counters, max_minutes=1.5) and not reached(counters, max_minutes=1.6)

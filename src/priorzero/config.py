@@ -85,6 +85,7 @@ class ModelConfig(_Section):
 class TrainConfig(_Section):
     max_iter: int | None = Field(None, ge=1, description="Stop after this many collect/learn iterations.")
     max_env_steps: int | None = Field(None, ge=1, description="Stop after this many environment steps.")
+    max_minutes: float | None = Field(None, gt=0, description="Stop after the iteration that passes this much training time (a resumed run counts its earlier time).")
     # Replay: one iteration plays one episode on each of env.num_envs games, then learns.
     buffer_steps: int = Field(50_000, ge=1, description="Replay buffer capacity in environment steps (oldest segments go first).")
     segment_length: int = Field(10, ge=1, description="Steps per replay segment (episodes are cut into segments).")
@@ -152,13 +153,18 @@ PRESETS: dict[str, dict[str, Any]] = {
     "quick": {
         "run": {"name": "quick"},
         # 20-step episodes: the default game takes 5 steps by its walkthrough; random play needs about 40.
-        "env": {"num_envs": 4, "max_episode_steps": 20},
+        "env": {"num_envs": 8, "max_episode_steps": 20},
         # Short prompts: on 2 CPU cores the language model's forward passes are most of the run's time.
-        "llm": {"device": "cpu", "history_steps": 1, "prompt_tokens": 320},
-        "search": {"num_simulations": 16},
+        # SmolLM2-135M puts ~1.0 on one command (often the way back); temperature 3 lets collection explore.
+        "llm": {"device": "cpu", "history_steps": 1, "prompt_tokens": 384, "prior_temperature": 3.0},
+        # Explore more than MuZero's defaults while the small model's prior is poor; 50 simulations so that a
+        # low-prior command (take coin) is tried at all once another child's value is high; a short horizon
+        # (discount 0.9, 10-step returns) so that values tell the rooms near the coin from those far from it.
+        "search": {"num_simulations": 50, "root_noise_fraction": 0.5, "prior_mix_weight": 0.25, "discount": 0.9},
         "train": {
-            "max_env_steps": 160,
-            "wm_updates_per_iter": 20,
+            "max_env_steps": 480,
+            "td_steps": 10,
+            "wm_updates_per_iter": 150,
             "lm_updates_per_iter": 1,
             "lm_batch_size": 4,
             "lm_micro_batch": 4,

@@ -71,8 +71,13 @@ def uniform_reciprocal_rank(num_candidates: int) -> float:
     return sum(1.0 / r for r in range(1, num_candidates + 1)) / num_candidates
 
 
+CALIBRATION_TEMPERATURES = (1.0, 2.0, 3.0, 5.0)
+
+
 def prior_quality(lm: LanguageModel, llm_config, states: list[WalkthroughState], token_budget: int = 16384) -> dict[str, float]:
-    """MRR under the uniform prior and under each (opening shown, valid list shown, reduction) variant."""
+    """MRR under the uniform prior and under each (opening shown, valid list shown, reduction) variant; and, for
+    the configured variant, the walkthrough command's mean negative log-probability ("nll T=t") at each
+    calibration temperature (rank, hence MRR, does not depend on the temperature; calibration does)."""
     table = {"uniform": sum(uniform_reciprocal_rank(len(s.valid_commands)) for s in states) / max(len(states), 1)}
     for opening, show in itertools.product((True, False), (True, False)):
         config = llm_config.model_copy(update={"show_valid_commands": show, "show_opening": opening})
@@ -88,4 +93,14 @@ def prior_quality(lm: LanguageModel, llm_config, states: list[WalkthroughState],
                 for sc, s in zip(scores, states)
             ]
             table[f"{'opening' if opening else 'no opening'}, {'list' if show else 'no list'}, {reduction}"] = sum(ranks) / max(len(ranks), 1)
+        if (opening, show) == (llm_config.show_opening, llm_config.show_valid_commands):
+            table.update(_calibration(scores, states, llm_config.score_reduction))
+    return table
+
+
+def _calibration(scores, states: list[WalkthroughState], reduction: str) -> dict[str, float]:
+    table = {}
+    for temperature in CALIBRATION_TEMPERATURES:
+        nll = [-float(candidate_prior(sc, reduction, temperature)[s.target].clamp(min=1e-12).log()) for sc, s in zip(scores, states)]
+        table[f"nll T={temperature:g}"] = sum(nll) / max(len(nll), 1)
     return table

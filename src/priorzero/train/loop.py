@@ -6,7 +6,8 @@
     4. log       metrics to TensorBoard and metrics.jsonl, a line to the log, the progress bar
     5. save      an atomic checkpoint every train.checkpoint_every iterations
 
-It stops at train.max_iter iterations or after the iteration that reaches train.max_env_steps, then evaluates
+It stops at train.max_iter iterations or after the iteration that reaches train.max_env_steps or passes
+train.max_minutes of training time (collection and learning, not start-up or checkpoints), then evaluates
 (train.eval_agents, train.eval_episodes) and writes summary.json and curves.png.
 
 Ctrl-C (or SIGTERM) asks the run to stop: during collection the unfinished episodes are dropped and the state
@@ -51,6 +52,7 @@ class Counters:
     episodes: int = 0
     wm_updates: int = 0
     lm_updates: int = 0
+    train_seconds: float = 0.0  # time spent in iterations (collection and learning), across resumes
 
 
 class StopFlag:
@@ -261,8 +263,10 @@ def run_training(config: Config, run_dir: Path | None = None, resume: bool = Fal
 
 def _limits_reached(config: Config, counters: Counters) -> bool:
     limits = config.train
-    return (limits.max_iter is not None and counters.iteration >= limits.max_iter) or (
-        limits.max_env_steps is not None and counters.env_steps >= limits.max_env_steps
+    return (
+        (limits.max_iter is not None and counters.iteration >= limits.max_iter)
+        or (limits.max_env_steps is not None and counters.env_steps >= limits.max_env_steps)
+        or (limits.max_minutes is not None and counters.train_seconds >= limits.max_minutes * 60)
     )
 
 
@@ -318,6 +322,7 @@ def iteration(trainer: Trainer, stop: StopFlag, progress) -> dict[str, float]:
     }
     if torch.cuda.is_available():
         metrics["gpu/max_allocated_gib"] = torch.cuda.max_memory_allocated() / 2**30
+    trainer.counters.train_seconds += time.perf_counter() - start
     return metrics
 
 

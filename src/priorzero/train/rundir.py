@@ -130,7 +130,7 @@ class RunDir:
 
 
 # Keys that may change between a run and its resume: how long it runs, not what it does.
-_RESUMABLE_KEYS = {("train", "max_iter"), ("train", "max_env_steps"), ("run", "run_dir")}
+_RESUMABLE_KEYS = {("train", "max_iter"), ("train", "max_env_steps"), ("train", "max_minutes"), ("run", "run_dir")}
 
 
 def config_differences(stored: Config, current: Config) -> list[str]:
