@@ -46,19 +46,19 @@ class LLMConfig(_Section):
     show_opening: bool = Field(True, description="Keep the episode's opening text (the goal, often the route) in the prompt.")
     show_valid_commands: bool = Field(False, description="List the valid commands in the prompt (off: higher MRR with SmolLM2, docs/prior.md).")
     score_reduction: Literal["sum", "mean"] = Field("sum", description="Softmax over each command's summed or per-token mean log-probability.")
-    prior_temperature: float = Field(1.0, gt=0, description="Divides the command scores before the softmax.")
+    prior_temperature: float = Field(3.0, gt=0, description="Divides the command scores before the softmax (SmolLM2-135M puts ~1.0 on one command at 1; docs/results.md).")
     score_token_budget: int = Field(16384, ge=256, description="Most tokens (padded) in one scoring forward pass.")
 
 
 class SearchConfig(_Section):
-    num_simulations: int = Field(25, ge=1)
+    num_simulations: int = Field(50, ge=1, description="Enough that a low-prior command is tried once a sibling's value is high.")
     pb_c_base: float = 19652.0
     pb_c_init: float = 1.25
-    discount: float = Field(0.997, gt=0, le=1)
+    discount: float = Field(0.9, gt=0, le=1, description="Short horizon: values tell states near a reward from those far from it.")
     root_dirichlet_alpha: float = Field(0.3, gt=0)
-    root_noise_fraction: float = Field(0.25, ge=0, le=1)
+    root_noise_fraction: float = Field(0.5, ge=0, le=1, description="Dirichlet noise share at the root while collecting.")
     prior_mode: Literal["replace", "mix", "adaptive"] = "mix"
-    prior_mix_weight: float = Field(0.5, ge=0, le=1, description="Weight of the LM prior in 'mix' mode.")
+    prior_mix_weight: float = Field(0.25, ge=0, le=1, description="Weight of the LM prior in 'mix' mode.")
     min_q_spread: float = Field(0.01, ge=0, description="Floor on max - min Q when normalising (0: the MuZero paper's rule).")
     collect_temperature: float = Field(1.0, ge=0, description="Visit-count temperature for the action while collecting (evaluation uses 0).")
     cuda_graphs: bool = Field(True, description="On a GPU, replay the search's bookkeeping as CUDA graphs (searches 1.2-1.7x faster on an H100).")
@@ -94,7 +94,7 @@ class TrainConfig(_Section):
     wm_batch_size: int = Field(32, ge=1, description="Segments sampled per world-model update.")
     wm_updates_per_iter: int = Field(20, ge=0, description="World-model gradient steps per iteration.")
     unroll_steps: int = Field(5, ge=1, description="Steps the dynamics are unrolled from each sampled position.")
-    td_steps: int = Field(5, ge=1, description="n of the n-step value targets and of the advantage's return.")
+    td_steps: int = Field(10, ge=1, description="n of the n-step value targets and of the advantage's return.")
     # Language model.
     lm_finetune: Literal["lora", "full", "off"] = Field("lora", description="How the language model is fine-tuned.")
     lora_rank: int = Field(8, ge=1)
@@ -155,15 +155,9 @@ PRESETS: dict[str, dict[str, Any]] = {
         # 20-step episodes: the default game takes 5 steps by its walkthrough; random play needs about 40.
         "env": {"num_envs": 8, "max_episode_steps": 20},
         # Short prompts: on 2 CPU cores the language model's forward passes are most of the run's time.
-        # SmolLM2-135M puts ~1.0 on one command (often the way back); temperature 3 lets collection explore.
-        "llm": {"device": "cpu", "history_steps": 1, "prompt_tokens": 384, "prior_temperature": 3.0},
-        # Explore more than MuZero's defaults while the small model's prior is poor; 50 simulations so that a
-        # low-prior command (take coin) is tried at all once another child's value is high; a short horizon
-        # (discount 0.9, 10-step returns) so that values tell the rooms near the coin from those far from it.
-        "search": {"num_simulations": 50, "root_noise_fraction": 0.5, "prior_mix_weight": 0.25, "discount": 0.9},
+        "llm": {"device": "cpu", "history_steps": 1, "prompt_tokens": 384},
         "train": {
             "max_env_steps": 480,
-            "td_steps": 10,
             "wm_updates_per_iter": 150,
             "lm_updates_per_iter": 1,
             "lm_batch_size": 4,
@@ -177,11 +171,10 @@ PRESETS: dict[str, dict[str, Any]] = {
         "run": {"name": "full"},
         "env": {"num_envs": 16, "max_episode_steps": 100},
         "llm": {"device": "auto"},
-        "search": {"num_simulations": 50},
         "model": {"latent_dim": 768, "num_layers": 2, "num_heads": 8},
         "train": {
             "wm_batch_size": 64,
-            "wm_updates_per_iter": 50,
+            "wm_updates_per_iter": 150,
             "lm_batch_size": 64,
             "lm_micro_batch": 16,
             "lm_updates_per_iter": 4,
