@@ -97,7 +97,7 @@ def build_prompt(
         )  # fmt: skip
         if len(ids) <= budget:
             return PromptResult(ids, truncated_steps=len(recent), truncated_opening_tokens=cut_opening)
-        cut_opening = len(tokenizer(opening, add_special_tokens=False)["input_ids"])
+        # It did not fit even without the opening: _shorten cut all of it, and cut_opening counts every token.
     ids, cut_observation = _shorten(
         tokenizer, observation_text.strip(), keep_start=False, budget=budget,
         render=lambda text: _user_message([], text, commands),

@@ -251,34 +251,22 @@ class _LinearFloat32Out(torch.autograd.Function):
         return grad_hidden, grad_weight
 
 
-_float32_out_works: bool | None = None  # None: not tried yet
-
-
 def head_logits(lm_head: torch.nn.Module, hidden: torch.Tensor) -> torch.Tensor:
     """[..., V] float32 logits. For a plain bias-free 16-bit linear head on CUDA, computed by one matrix product
     with a float32 result, so the logits are not rounded to bf16 (whose step is 0.004-0.016 at the logits' size)
     before the log-softmax; otherwise `lm_head(hidden).float()`. Every scoring path (packed, each-alone, the
     benchmark's references) uses this, so comparisons between them measure the packing, not the head's rounding."""
-    global _float32_out_works
-    weight = getattr(lm_head, "weight", None)
-    if (
-        _float32_out_works is not False
-        and type(lm_head) is torch.nn.Linear
+    is_16_bit_linear = (
+        type(lm_head) is torch.nn.Linear
         and lm_head.bias is None
         and hidden.is_cuda
         and hidden.dtype in (torch.bfloat16, torch.float16)
-        and weight.dtype == hidden.dtype
-    ):
-        try:
-            flat = _LinearFloat32Out.apply(hidden.reshape(-1, hidden.shape[-1]), weight)
-            _float32_out_works = True
-            return flat.reshape(*hidden.shape[:-1], flat.shape[-1])
-        except (RuntimeError, TypeError, NotImplementedError) as exc:  # an older torch without mm(out_dtype=)
-            if _float32_out_works:
-                raise
-            _float32_out_works = False
-            log.warning("float32 logits from a 16-bit head unavailable (%s); rounding logits to %s", exc, hidden.dtype)
-    return lm_head(hidden).float()
+        and lm_head.weight.dtype == hidden.dtype
+    )
+    if not is_16_bit_linear:
+        return lm_head(hidden).float()
+    flat = _LinearFloat32Out.apply(hidden.reshape(-1, hidden.shape[-1]), lm_head.weight)
+    return flat.reshape(*hidden.shape[:-1], flat.shape[-1])
 
 
 def token_logprobs(lm_head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
