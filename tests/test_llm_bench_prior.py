@@ -6,7 +6,8 @@ import pytest
 
 from priorzero.cli import main
 from priorzero.config import EnvConfig, LLMConfig
-from priorzero.llm.backends.hf import HFPrior, PriorInput, token_budget_for_memory
+from priorzero.llm.backends.hf import HFPrior, token_budget_for_memory
+from priorzero.llm.prior import PriorInput
 from priorzero.llm.quality import reciprocal_rank, uniform_reciprocal_rank, walkthrough_states
 
 

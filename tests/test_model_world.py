@@ -173,7 +173,7 @@ def test_search_over_the_world_model_respects_masks():
     mask[:, 0] = True
     root = model.initial_inference(**inputs, num_simulations=30)
     lm_prior = torch.softmax(torch.randn(4, 9, generator=g), dim=-1)
-    out = plan(model, root, mask, SearchParams(30), lm_prior=lm_prior, prior_mode="adaptive", noise_alpha=0.3, temperature=1.0)
+    out = plan(model, root, mask, SearchParams(30, prior_mode="adaptive", noise_alpha=0.3, temperature=1.0), lm_prior=lm_prior)
     assert out.visit_counts.sum(dim=1).tolist() == [30.0] * 4
     assert (out.visit_counts[~mask] == 0).all() and mask[torch.arange(4), out.action].all()
     assert torch.isfinite(out.root_value).all()

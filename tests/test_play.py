@@ -7,7 +7,7 @@ import pytest
 from priorzero.envs import make_game, suite
 
 DEFAULT = suite.DEFAULT_GAME
-SUMMARY_KEYS = {"env_id", "steps", "score", "max_score", "won", "truncated_reason"}
+SUMMARY_KEYS = {"env_id", "steps", "score", "max_score", "won", "truncated_reason", "end_reason"}
 
 
 def summary(result) -> dict:

@@ -7,6 +7,7 @@ the root), so the batched search and the reference see exactly the same numbers.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 
@@ -219,7 +220,7 @@ def test_visit_counts_match_the_pseudocode_on_random_trees(seed):
 def test_visits_sum_to_simulations_and_masked_stay_zero(seed):
     model, batch, mask, params = random_case(100 + seed)
     root = model.initial_inference(batch)
-    out = plan(model, root, mask, params, noise_alpha=0.3, noise_fraction=0.5, temperature=1.0)
+    out = plan(model, root, mask, dataclasses.replace(params, noise_alpha=0.3, noise_fraction=0.5, temperature=1.0))
     assert out.visit_counts.sum(dim=1).tolist() == [params.num_simulations] * batch
     assert (out.visit_counts[~mask] == 0).all()
     assert (out.tree.children_visits[:, : params.num_simulations + 1][~mask.unsqueeze(1).expand(-1, params.num_simulations + 1, -1)] == 0).all()
@@ -230,7 +231,7 @@ def test_visits_sum_to_simulations_and_masked_stay_zero(seed):
 
 def test_evaluation_has_no_noise_and_is_deterministic():
     model, batch, mask, params = random_case(7)
-    outs = [plan(model, model.initial_inference(batch), mask, params, temperature=0.0) for _ in range(2)]
+    outs = [plan(model, model.initial_inference(batch), mask, dataclasses.replace(params, temperature=0.0)) for _ in range(2)]
     expected_prior = masked_softmax(model.initial_inference(batch).policy_logits, mask)
     assert torch.equal(outs[0].root_prior, expected_prior)
     assert torch.equal(outs[0].visit_counts, outs[1].visit_counts)

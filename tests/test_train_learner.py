@@ -10,7 +10,8 @@ import torch
 from priorzero.config import build_config
 from priorzero.envs.base import make_game
 from priorzero.llm.backends.hf import HFPrior
-from priorzero.train.agents import GameState, PriorModel
+from priorzero.llm.prior import PriorModel
+from priorzero.train.agents import GameState
 from priorzero.train.buffer import StepRecord
 from priorzero.train.lm_learner import LMLearner
 
@@ -34,7 +35,7 @@ def records(config, backend) -> list[StepRecord]:
     try:
         walkthrough = game.walkthrough()
         state = GameState(game.reset(0))
-        prior = PriorModel(backend)
+        prior = PriorModel.of(backend)
         out = []
         for command in walkthrough[:4]:
             prompts, priors = prior.priors([state])
@@ -54,7 +55,7 @@ def fresh_learner(config, **train) -> LMLearner:
     """A learner around a freshly loaded model (wrapping it in LoRA changes the model in place)."""
     backend = HFPrior.from_config(config.llm)
     torch.manual_seed(0)  # the LoRA adapter's initialisation
-    return LMLearner(PriorModel(backend), config.train.model_copy(update=train))
+    return LMLearner(PriorModel.of(backend), config.train.model_copy(update=train))
 
 
 def adapter(learner: LMLearner) -> dict[str, torch.Tensor]:

@@ -20,15 +20,18 @@ import yaml
 
 pytestmark = pytest.mark.slow
 
-# A few dozen environment steps: 2 games x 4 steps per iteration, 2 iterations.
+# A dozen environment steps: 2 games, 4-step episodes, 6 steps per iteration, 2 iterations. The first
+# episodes end at step 8 (inside iteration 2, which pays the updates owed since the start); iteration 2 ends
+# with the next episodes 2 steps in, and iteration 1's checkpoint holds episodes 3 steps in.
 TINY = {
     "env": {"num_envs": 2, "max_episode_steps": 4},
     "llm": {"history_steps": 1, "prompt_tokens": 384},
     "search": {"num_simulations": 4},
     "train": {
-        "wm_updates_per_iter": 2,
+        "iteration_steps": 6,
+        "wm_updates_per_step": 0.5,
         "wm_batch_size": 4,
-        "lm_updates_per_iter": 1,
+        "lm_updates_per_step": 0.25,
         "lm_batch_size": 2,
         "lm_micro_batch": 2,
         "eval_episodes": 1,
@@ -61,11 +64,10 @@ def checkpoint(run: Path) -> dict:
 
 
 def replay(state: dict) -> list[tuple]:
-    return [
-        (r["episode"], r["t"], r["observation"], r["action"], r["visit_counts"], [round(p, 5) for p in r["prior"]], r["lm_version"])
-        for segment in state["buffer"]["segments"]
-        for r in segment["records"]
-    ]
+    """Every step record of a checkpoint: the replay buffer's, then the running episodes'."""
+    records = [r for segment in state["buffer"]["segments"] for r in segment["records"]]
+    records += [r for episode in state["running_episodes"] for r in episode["records"]]
+    return [(r["episode"], r["t"], r["observation"], r["action"], r["visit_counts"], [round(p, 5) for p in r["prior"]], r["lm_version"]) for r in records]
 
 
 @pytest.fixture(scope="module")
@@ -82,19 +84,22 @@ def test_quick_path_writes_a_complete_run_directory(reference_run):
     assert list(reference_run.glob("events.out.tfevents.*")), "no TensorBoard events"
     summary = json.loads((reference_run / "summary.json").read_text())
     assert summary["counters"]["iteration"] == 2
-    assert summary["counters"]["env_steps"] == len(replay(checkpoint(reference_run))) > 0
-    assert summary["counters"]["lm_updates"] == 2 and summary["counters"]["wm_updates"] == 4
+    assert summary["counters"]["env_steps"] == len(replay(checkpoint(reference_run))) == 12
+    assert summary["counters"]["episodes"] == 2 and summary["counters"]["episodes_started"] == 4
+    assert summary["counters"]["lm_updates"] == 3 and summary["counters"]["wm_updates"] == 6
     assert set(summary["evaluation"]) == {"random", "wm"}
     for score in summary["evaluation"].values():
         assert 0.0 <= score["normalised_score"] <= 1.0 and score["episodes"] == 1
     rows = [json.loads(line) for line in (reference_run / "metrics.jsonl").read_text().splitlines()]
+    assert [row["env_steps"] for row in rows if "speed/env_steps_per_s" in row] == [6, 12]
     training_rows = [row for row in rows if "wm/loss" in row]
-    assert len(training_rows) == 2
+    assert len(training_rows) == 1
     for key in ("lm/visit_ce", "lm/kl", "episode/normalised_score", "search/visit_entropy", "speed/env_steps_per_s"):
         assert key in training_rows[-1], key
     state = checkpoint(reference_run)
-    assert state["language_model"]["version"] == 2
-    assert all(r["lm_version"] in (0, 1) for segment in state["buffer"]["segments"] for r in segment["records"])
+    assert state["language_model"]["version"] == 3
+    assert [r["lm_version"] for segment in state["buffer"]["segments"] for r in segment["records"]] == [0] * 8  # before any update
+    assert sorted({r["lm_version"] for episode in state["running_episodes"] for r in episode["records"]}) == [2]
     assert any("lora_" in name for name in state["language_model"]["weights"])  # the adapter, not the whole model
 
 
@@ -120,6 +125,7 @@ def test_kill_during_checkpoint_write_keeps_the_previous_one_and_resume_matches_
             process.kill()
     assert latest.read_bytes() == first_bytes
     assert checkpoint(run)["counters"]["iteration"] == 1
+    assert [len(e["records"]) for e in checkpoint(run)["running_episodes"]] == [3, 3]  # rebuilt by replay on resume
     checkpoint_time_before_kill = checkpoint(run)["counters"]["train_seconds"]
 
     result = priorzero("train", "--resume", "--run-dir", str(run), "--max-iter", "2")  # the run's own config
@@ -192,3 +198,31 @@ def test_checkpoint_that_does_not_match_the_config_is_refused(reference_run, tin
     evaluation = priorzero("eval", str(reference_run), "--set", "model.latent_dim=64")
     assert evaluation.returncode == 2 and "does not match the config" in evaluation.stderr
     assert len(evaluation.stderr.strip().splitlines()) == 1
+
+
+def test_a_game_that_is_not_there_fails_before_anything_is_written(tmp_path, tiny_config):
+    run = tmp_path / "missing-game"
+    result = priorzero("train", "--preset", "quick", "--config", str(tiny_config), "--env-id", "zork1.z5", "--game-dir", str(tmp_path), "--run-dir", str(run))
+    assert result.returncode == 2 and "story file zork1.z5 not found" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and not run.exists()
+
+
+def test_a_run_killed_before_its_first_checkpoint_blocks_nothing(tmp_path, tiny_config):
+    run = tmp_path / "early-kill"
+    args = ("train", "--preset", "quick", "--config", str(tiny_config), "--max-iter", "1", "--run-dir", str(run))
+    process = start(*args)
+    try:
+        deadline = time.monotonic() + 500
+        while not (run / "config.yaml").exists():  # the run has started: its directory exists, no checkpoint yet
+            assert process.poll() is None and time.monotonic() < deadline, "the run ended before it started"
+            time.sleep(0.1)
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert not (run / "checkpoints" / "latest.pt").exists()
+    resumed = priorzero(*args, "--resume")  # no checkpoint yet: the run starts afresh from the same config
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "never reached its first checkpoint; starting it afresh" in resumed.stderr
+    assert checkpoint(run)["counters"]["iteration"] == 1

@@ -83,16 +83,21 @@ class ModelConfig(_Section):
 
 
 class TrainConfig(_Section):
-    max_iter: int | None = Field(None, ge=1, description="Stop after this many collect/learn iterations.")
-    max_env_steps: int | None = Field(None, ge=1, description="Stop after this many environment steps.")
-    max_minutes: float | None = Field(None, gt=0, description="Stop after the iteration that passes this much training time (a resumed run counts its earlier time).")
-    # Replay: one iteration plays one episode on each of env.num_envs games, then learns.
+    max_iter: int | None = Field(None, ge=1, description="Stop after this many iterations.")
+    max_env_steps: int | None = Field(None, ge=1, description="Stop after exactly this many environment steps.")
+    max_minutes: float | None = Field(None, gt=0, description="Stop at the first step after this much training time (a resumed run counts its earlier time).")
+    # Collection: every game slot plays episode after episode; learning keeps pace at a replay ratio.
+    collection: Literal["pipeline", "lockstep"] = Field(
+        "pipeline", description="pipeline: a slot whose episode ends starts the next at once; lockstep: every slot plays one episode per iteration (the old loop, for comparison)."
+    )
+    iteration_steps: int = Field(200, ge=1, description="Environment steps per iteration (pipeline): one metrics row, one log line, the checkpoint cadence.")
+    collect_groups: int = Field(2, ge=1, description="Pipeline: game slots split into this many groups; while one group's games step and list their valid commands, the models decide for the next (1: no overlap).")
     buffer_steps: int = Field(50_000, ge=1, description="Replay buffer capacity in environment steps (oldest segments go first).")
     segment_length: int = Field(10, ge=1, description="Steps per replay segment (episodes are cut into segments).")
     # World model.
     wm_lr: float = Field(3e-4, gt=0)
     wm_batch_size: int = Field(32, ge=1, description="Segments sampled per world-model update.")
-    wm_updates_per_iter: int = Field(20, ge=0, description="World-model gradient steps per iteration.")
+    wm_updates_per_step: float = Field(0.1, ge=0, description="World-model gradient steps per environment step (the replay ratio).")
     unroll_steps: int = Field(5, ge=1, description="Steps the dynamics are unrolled from each sampled position.")
     td_steps: int = Field(10, ge=1, description="n of the n-step value targets and of the advantage's return.")
     # Language model.
@@ -100,7 +105,7 @@ class TrainConfig(_Section):
     lora_rank: int = Field(8, ge=1)
     lora_alpha: float = Field(16.0, gt=0)
     lm_lr: float = Field(1e-4, gt=0)
-    lm_updates_per_iter: int = Field(2, ge=0, description="Language-model gradient steps per iteration (the update ratio to the world model).")
+    lm_updates_per_step: float = Field(0.01, ge=0, description="Language-model gradient steps per environment step.")
     lm_batch_size: int = Field(16, ge=1, description="Steps per language-model update.")
     lm_micro_batch: int = Field(8, ge=1, description="Steps per micro-batch (gradients accumulate); halved on out-of-memory.")
     lm_memory_budget: str | None = Field(None, description="Bytes the LM update's activations may use ('2GiB'); a micro-batch planned above it is treated as out of memory.")
@@ -158,8 +163,9 @@ PRESETS: dict[str, dict[str, Any]] = {
         "llm": {"device": "cpu", "history_steps": 1, "prompt_tokens": 384},
         "train": {
             "max_env_steps": 480,
-            "wm_updates_per_iter": 150,
-            "lm_updates_per_iter": 1,
+            "iteration_steps": 96,
+            "wm_updates_per_step": 1.5,
+            "lm_updates_per_step": 0.01,
             "lm_batch_size": 4,
             "lm_micro_batch": 4,
             "lm_lr": 5e-4,
@@ -173,11 +179,12 @@ PRESETS: dict[str, dict[str, Any]] = {
         "llm": {"device": "auto"},
         "model": {"latent_dim": 768, "num_layers": 2, "num_heads": 8},
         "train": {
+            "iteration_steps": 800,
             "wm_batch_size": 64,
-            "wm_updates_per_iter": 150,
+            "wm_updates_per_step": 0.1,
             "lm_batch_size": 64,
             "lm_micro_batch": 16,
-            "lm_updates_per_iter": 4,
+            "lm_updates_per_step": 0.0025,
             "eval_episodes": 10,
             "eval_agents": ["random", "llm", "wm", "priorzero"],
         },

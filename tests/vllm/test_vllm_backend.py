@@ -10,7 +10,7 @@ import torch
 vllm = pytest.importorskip("vllm.sampling_params", reason="vLLM is not installed here; run scripts/setup-vllm.sh and use .venv-vllm")
 
 from priorzero.config import EnvConfig, LLMConfig  # noqa: E402
-from priorzero.llm.backends.hf import PriorInput  # noqa: E402
+from priorzero.llm.prior import PriorInput  # noqa: E402
 from priorzero.llm.backends.vllm import VLLMPrior  # noqa: E402
 from priorzero.llm.loading import load_language_model  # noqa: E402
 from priorzero.llm.quality import walkthrough_states  # noqa: E402
@@ -36,7 +36,8 @@ def game_states(default_game_file):
 
 
 def test_prompt_logprob_scores_match_transformers_and_reuse_the_prefix(engine, hf_model, game_states):
-    prompts, cands = engine.prepare(game_states)
+    prepared = engine.prepare(game_states)
+    prompts, cands = [p.prompt_ids for p in prepared], [p.candidate_ids for p in prepared]
     ours = engine.score(prompts, cands)
     theirs = score_candidates(hf_model, prompts, cands, token_budget=8192)
     for a, b in zip(ours, theirs):
@@ -56,13 +57,14 @@ def test_prior_is_a_distribution_and_empty_lists_are_counted(engine, game_states
 
 
 def test_generation_for_chain_of_thought(engine, game_states):
-    prompts, _ = engine.prepare(game_states[:1])
+    prompts = [p.prompt_ids for p in engine.prepare(game_states[:1])]
     (text,) = engine.generate(prompts, max_tokens=8)
     assert isinstance(text, str) and text.strip()
 
 
 def test_weight_update_bumps_the_version_and_removes_the_drift(engine, hf_model, game_states):
-    prompts, cands = engine.prepare(game_states[:1])
+    prepared = engine.prepare(game_states[:1])
+    prompts, cands = [p.prompt_ids for p in prepared], [p.candidate_ids for p in prepared]
     with torch.no_grad():
         hf_model.model.embed_tokens.weight.mul_(1.5)  # tied to the LM head: every score moves
     try:

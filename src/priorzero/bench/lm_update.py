@@ -54,12 +54,12 @@ def lm_update(
 ) -> None:
     """Time one LM update per micro-batch size (after a warm-up update); report the median."""
     from priorzero.llm.backends.hf import HFPrior
-    from priorzero.train.agents import PriorModel
+    from priorzero.llm.prior import PriorModel
     from priorzero.train.lm_learner import LMLearner
 
     config = build_config(overrides=[f"llm.model={llm}", f"llm.device={device}", f"train.lm_finetune={finetune}", f"train.lm_batch_size={steps}"])
     backend = HFPrior.from_config(config.llm)
-    learner = LMLearner(PriorModel(backend), config.train)
+    learner = LMLearner(PriorModel.of(backend), config.train)
     records = synthetic_records(backend.lm.tokenizer, steps, prompt_tokens, candidates, seed=0)
     tokens = sum(len(r.prompt_ids) + sum(len(c) for c in learner.prior.candidate_ids(r.commands)) for r in records)
     on_gpu = backend.lm.device.type == "cuda"

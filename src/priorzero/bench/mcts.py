@@ -101,22 +101,11 @@ def one_search(model: WorldModel, inputs: dict[str, torch.Tensor], params: Searc
     root: RootOutput = model.initial_inference(
         inputs["observations"], inputs["past_actions"], inputs["context_mask"], inputs["candidates"], params.num_simulations
     )
-    return plan(
-        stepper or model,
-        root,
-        inputs["candidate_mask"],
-        params,
-        lm_prior=inputs["lm_prior"],
-        prior_mode="mix",
-        lm_weight=0.5,
-        noise_alpha=config.search.root_dirichlet_alpha,
-        noise_fraction=config.search.root_noise_fraction,
-        temperature=config.search.collect_temperature,
-    )
+    return plan(stepper or model, root, inputs["candidate_mask"], params, lm_prior=inputs["lm_prior"])
 
 
 def search_params(config: Config, simulations: int, cuda_graphs: bool = False) -> SearchParams:
-    return dataclasses.replace(SearchParams.from_config(config.search), num_simulations=simulations, cuda_graphs=cuda_graphs)
+    return dataclasses.replace(SearchParams.from_config(config.search, explore=True), num_simulations=simulations, cuda_graphs=cuda_graphs)
 
 
 def run_cell(model: WorldModel, device: torch.device, mode: str, games: int, simulations: int, candidates: int, repeats: int, config: Config) -> Row:

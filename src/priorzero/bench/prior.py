@@ -343,21 +343,22 @@ def register(bench_app: typer.Typer) -> None:
         game_dir: Annotated[str | None, typer.Option("--game-dir", help="Directory searched first for Jericho story files.")] = None,
         states_per_game: Annotated[int, typer.Option("--states", min=1, help="Walkthrough states scored per game (the first ones whose command is valid).")] = 6,
         history_steps: Annotated[int | None, typer.Option("--history-steps", min=0, help="History steps in the prompt (default: llm.history_steps).")] = None,
+        device: Annotated[str, typer.Option("--device", help="'auto' (placement picks a GPU, else the CPU), 'cpu', 'cuda' or 'cuda:N'.")] = "auto",
         as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of the table.")] = False,
     ) -> None:
         """Mean reciprocal rank of the walkthrough command under the prior (sum/mean, with/without the valid list) vs uniform."""
-        from priorzero.config import EnvConfig, LLMConfig
+        from priorzero.config import Config, EnvConfig, LLMConfig
         from priorzero.envs.registry import story_files
         from priorzero.envs.suite import SUITE
-        from priorzero.llm.loading import load_language_model
         from priorzero.llm.quality import prior_quality, walkthrough_states
+        from priorzero.llm.startup import start_prior
 
         env_config = EnvConfig(game_dir=game_dir, max_episode_steps=1000)
         games = env_ids or [g.name for g in SUITE] + [p.name for p in story_files(env_config)]
-        llm_config = LLMConfig(model=llm, device="cpu")
+        llm_config = LLMConfig(model=llm, device=device)
         if history_steps is not None:
             llm_config = llm_config.model_copy(update={"history_steps": history_steps})
-        lm = load_language_model(llm_config)
+        lm = start_prior(Config(llm=llm_config)).prior.trainable  # the one start-up path: placement, budgets, retries
         from rich.progress import track
 
         per_game: dict[str, dict] = {}

@@ -6,6 +6,9 @@ each start, runs one scoring call and one training step:
 
 - `ours`: placement from NVML, `start_engine` with the per-GPU lock and retries, and micro-batches sized
   by `TorchMemory` (PyTorch's allocator, process-local) to stay inside the budget.
+- `train`: the training command itself, `priorzero train --preset full` in a fresh process per start, capped at
+  `--train-steps` environment steps and one checkpoint, its language-model budget `--gpu-memory`; NVML's reading
+  of that process's memory is sampled every 20 ms, and its startup.json says which start attempts failed.
 - `mimic`: a MIMIC of the policy that crashed (vLLM's V1 worker start-up, re-implemented here in a few
   lines, since vLLM cannot be installed on the GPU machine): device-wide free memory before loading versus
   after a profiling run, with vLLM's assertion and its KV-cache arithmetic, and no retry.
@@ -141,20 +144,21 @@ def cotenant_loop(device: str, seed: int, min_bytes: int, max_bytes: int, min_s:
 
 
 class PeakSampler:
-    """Polls NVML for this process's memory on one GPU every 20 ms; `peak` is the highest value seen."""
+    """Polls NVML for one process's memory (default: this one) on one GPU every 20 ms; `peak` is the highest seen."""
 
-    def __init__(self, nvml: Any, nvml_index: int) -> None:
+    def __init__(self, nvml: Any, nvml_index: int, pid: int | None = None) -> None:
         self.nvml, self.nvml_index, self.peak = nvml, nvml_index, None
+        self.pid = pid or os.getpid()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
-        from priorzero.gpu.torch_memory import own_process_bytes
-
         while not self._stop.is_set():
-            value = own_process_bytes(self.nvml, self.nvml_index)
-            if value is not None:
-                self.peak = max(self.peak or 0, value)
+            for device in self.nvml.read_devices():
+                if device.index == self.nvml_index:
+                    used = [p.used_bytes for p in device.processes if p.pid == self.pid and p.used_bytes is not None]
+                    if used:
+                        self.peak = max(self.peak or 0, used[0])
             self._stop.wait(0.02)
 
     def __enter__(self) -> PeakSampler:
@@ -320,6 +324,36 @@ def compare_with_nvidia_smi() -> dict[str, Any]:
     return {"doctor_exit": doctor.returncode, "doctor_stderr": doctor.stderr[-500:], "nvidia_smi": smi.stdout.strip(), "rows": rows}
 
 
+def run_train_starts(starts: int, budget: int, steps: int, nvml: Any, nvml_index: int, console: Console) -> list[dict[str, Any]]:
+    """`priorzero train --preset full` `starts` times, one process after another, each capped at `steps` steps."""
+    records = []
+    scratch = Path(tempfile.mkdtemp(prefix="priorzero-stress-train-"))
+    try:
+        for number in range(starts):
+            run = scratch / f"run-{number}"
+            command = [sys.executable, "-m", "priorzero.cli", "train", "--preset", "full", "--max-env-steps", str(steps), "--run-dir", str(run),
+                       "--set", f"llm.gpu_memory={budget}B", "--set", "train.eval_agents=[]", "--set", f"run.seed={number}"]  # fmt: skip
+            began = time.perf_counter()
+            process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            with PeakSampler(nvml, nvml_index, process.pid) as sampler:
+                _, stderr = process.communicate()
+            seconds = time.perf_counter() - began
+            report = json.loads((run / "startup.json").read_text()) if (run / "startup.json").is_file() else {}
+            ok = process.returncode == 0 and (run / "checkpoints" / "latest.pt").is_file()
+            record = {
+                "start": number, "ok": ok, "exit_code": process.returncode, "seconds": seconds, "ready_s": report.get("load_s"),
+                "failed_attempts": [a["reason"] for a in report.get("attempts", [])], "nvml_peak_bytes": sampler.peak,
+                "context_bytes": 0, "torch_peak_reserved_bytes": 0, "device": report.get("device"),
+                "error": None if ok else (stderr.strip().splitlines() or ["(no output)"])[-1][:300],
+            }  # fmt: skip
+            records.append(record)
+            peak = f", peak {format_size(sampler.peak)} = {sampler.peak / budget:.1%} of the budget" if sampler.peak else ""
+            console.print(f"[train] run {number + 1}/{starts}: {'ok' if ok else 'FAILED: ' + str(record['error'])} in {seconds:.1f} s{peak}")
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return records
+
+
 def run_policy(ctx: Any, policy: str, checkpoint: Path, starts: int, device: str, nvml_index: int, budget: int, profile_s: float, seed: int, console: Console) -> list[dict[str, Any]]:
     results = ctx.Queue()
     process = ctx.Process(target=worker, args=(policy, checkpoint, starts, device, nvml_index, budget, profile_s, seed, results))
@@ -348,7 +382,8 @@ def startup(
     cotenant_max: Annotated[str, typer.Option("--cotenant-max", help="Largest co-tenant allocation.")] = "30GiB",
     cotenant_min_s: Annotated[float, typer.Option("--cotenant-min-s", min=0.01, help="Shortest co-tenant hold, seconds.")] = 0.1,
     cotenant_max_s: Annotated[float, typer.Option("--cotenant-max-s", min=0.01, help="Longest co-tenant hold, seconds.")] = 1.0,
-    policies: Annotated[str, typer.Option("--policies", help="Comma-separated: ours, mimic.")] = "ours,mimic",
+    policies: Annotated[str, typer.Option("--policies", help="Comma-separated: ours, mimic, train (the training command itself).")] = "ours,mimic",
+    train_steps: Annotated[int, typer.Option("--train-steps", min=1, help="train policy: environment steps each run is capped at.")] = 48,
     seed: Annotated[int, typer.Option("--seed", help="Seeds the co-tenant's loop and the token ids.")] = 0,
     trace_dir: Annotated[Path | None, typer.Option("--trace-dir", help="Record NVML traces here: idle.json, then churn.json while the co-tenant churns.")] = None,
     mimic_profile_s: Annotated[float, typer.Option("--mimic-profile-s", min=0.0, help="How long the mimic's profiling run lasts (vLLM's includes compilation and CUDA-graph warm-up).")] = 1.0,
@@ -358,8 +393,8 @@ def startup(
 ) -> None:
     """Start the language model N times beside a process churning GPU memory; ours versus a MIMIC of vLLM's policy."""
     chosen = [p.strip() for p in policies.split(",") if p.strip()]
-    if not chosen or any(p not in ("ours", "mimic") for p in chosen):
-        raise UserError(f"--policies {policies!r}: choose from ours, mimic (comma-separated)")
+    if not chosen or any(p not in ("ours", "mimic", "train") for p in chosen):
+        raise UserError(f"--policies {policies!r}: choose from ours, mimic, train (comma-separated)")
     budget, low, high = parse_size(gpu_memory), parse_size(cotenant_min), parse_size(cotenant_max)
     if low > high or cotenant_min_s > cotenant_max_s:
         raise UserError("the co-tenant's minimum must not exceed its maximum (--cotenant-min/-max, --cotenant-min-s/-max-s)")
@@ -396,7 +431,10 @@ def startup(
             meta = {"what": f"co-tenant churning {format_size(low)}-{format_size(high)} every {cotenant_min_s}-{cotenant_max_s} s", "gpu": result["gpu"]}
             record_trace(nvml, trace_dir / "churn.json", 60, 0.1, meta)
         for policy in chosen:
-            records = run_policy(ctx, policy, checkpoint, starts, device, nvml_index, budget, mimic_profile_s, seed, console)
+            if policy == "train":
+                records = run_train_starts(starts, budget, train_steps, nvml, nvml_index, console)
+            else:
+                records = run_policy(ctx, policy, checkpoint, starts, device, nvml_index, budget, mimic_profile_s, seed, console)
             result[policy] = summarise(policy, records, budget)
             result[policy + "_records"] = records
     finally:
@@ -420,7 +458,7 @@ def _table(result: dict[str, Any], policies: list[str]) -> Table:
         s = result[policy]
         ready = f"{s['ready_s_median']:.2f} / {s['ready_s_max']:.2f} s" if s["ready_s_median"] is not None else "-"
         ratio = f"{format_size(s['nvml_peak_max_bytes'])} ({s['nvml_peak_over_budget']:.1%})" if s["nvml_peak_over_budget"] else "-"
-        label = "ours" if policy == "ours" else "MIMIC of vLLM's policy"
+        label = {"ours": "ours", "train": "priorzero train --preset full", "mimic": "MIMIC of vLLM's policy"}[policy]
         table.add_row(label, f"{s['successes']}/{s['starts']}", ready, ratio, format_size(s["torch_peak_max_bytes"]), "; ".join(f"{n}x {k}" for k, n in s["failures"].items()) or "-")
     return table
 

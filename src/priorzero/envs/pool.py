@@ -104,7 +104,8 @@ class _Worker:
 def _context(backends: set[str]) -> Any:
     context = multiprocessing.get_context("forkserver")
     # Takes effect only if the fork server is not running yet.
-    context.set_forkserver_preload(sorted({module for backend in backends for module in _PRELOAD[backend]}))
+    modules = sorted({module for backend in backends for module in _PRELOAD[backend]})
+    context.set_forkserver_preload(["priorzero.envs.quiet_interrupts", *modules])
     return context
 
 
@@ -130,6 +131,7 @@ class GamePool:
         self._workers = [self._start(env_id) for env_id in self.env_ids]
         self._last: list[Observation | None] = [None] * len(self.env_ids)
         self._episode_over = [True] * len(self.env_ids)
+        self._in_flight: dict[int, tuple[tuple, float, tuple[bool, Any] | None]] = {}  # sent steps: request, when, start failure
 
     def __len__(self) -> int:
         return len(self.env_ids)
@@ -162,12 +164,36 @@ class GamePool:
     def step(self, commands: list[str | None]) -> list[StepResult | None]:
         self._check_length(commands, "commands")
         chosen = {i: command for i, command in enumerate(commands) if command is not None}
-        for i in chosen:
+        self.send_steps(chosen)
+        results: list[StepResult | None] = [None] * len(self)
+        for i, result in self.receive_steps(list(chosen)).items():
+            results[i] = result
+        return results
+
+    def send_steps(self, commands: dict[int, str]) -> None:
+        """Send these games their commands without waiting: the games step while the caller works on.
+        `receive_steps` collects the results; a game with a step in flight takes no other call until then."""
+        for i in commands:
             if self._episode_over[i]:
                 raise RuntimeError(f"game {i} ({self.env_ids[i]}) must be reset before it is stepped")
-        replies = self._call({i: ("step", (command,)) for i, command in chosen.items()})
-        results: list[StepResult | None] = [None] * len(self)
-        for i, (ok, value) in replies.items():
+            if i in self._in_flight:
+                raise RuntimeError(f"game {i} ({self.env_ids[i]}) already has a step in flight")
+        failures = self._await_ready(list(commands))
+        for i, command in commands.items():
+            request = ("step", (command,))
+            if i not in failures:
+                self._workers[i].conn.send(request)
+            self._in_flight[i] = (request, time.monotonic(), failures.get(i))
+
+    def receive_steps(self, indices: list[int]) -> dict[int, StepResult]:
+        """The results of the steps sent to these games, waiting at most env.call_timeout_s after each was sent."""
+        pending = {i: self._in_flight.pop(i) for i in indices}
+        live = [i for i, (_, _, failure) in pending.items() if failure is None]
+        deadline = min((sent for _, sent, _ in pending.values()), default=time.monotonic()) + self.env_config.call_timeout_s
+        replies = self._receive(live, max(0.0, deadline - time.monotonic()))
+        results: dict[int, StepResult] = {}
+        for i, (request, _, failure) in pending.items():
+            ok, value = failure if failure is not None else self._interpret(i, replies[i], f"step({request[1][0]!r})")
             result = value if ok else self._truncated(i, value)
             self._last[i] = result.observation
             self._episode_over[i] = result.terminated or result.truncated
@@ -227,8 +253,12 @@ class GamePool:
         deadline = time.monotonic() + timeout
         waiting = {self._workers[i].conn: i for i in indices}
         replies: dict[int, tuple[str, Any]] = {}
-        while waiting and (remaining := deadline - time.monotonic()) > 0:
-            for conn in wait(list(waiting), timeout=remaining):
+        while waiting:
+            remaining = deadline - time.monotonic()
+            ready = wait(list(waiting), timeout=max(remaining, 0.0))  # a reply already there counts, even past the deadline
+            if not ready and remaining <= 0:
+                break
+            for conn in ready:
                 i = waiting.pop(conn)  # type: ignore[call-overload]
                 try:
                     replies[i] = conn.recv()  # type: ignore[union-attr]

@@ -50,6 +50,7 @@ class PlacementPlan:
     lm: Placement
     train: Placement
     lm_candidates: tuple[Placement, ...]  # every GPU that holds the LM budget, best first (lm is the first)
+    gpus: tuple[GpuStatus, ...] = ()  # every GPU NVML showed while placing, as sampled
 
 
 def cpu_placement(reason: str) -> Placement:
@@ -183,7 +184,7 @@ def place_for_run(
     if isinstance(nvml, NvmlUnavailable):
         return plan_placement([], lm_budget, train_budget, device, visible_devices_from_env(), f"NVML unavailable: {nvml.reason}")
     statuses = inventory.sample(nvml, samples, interval_s)
-    return plan_placement(statuses, lm_budget, train_budget, device, visible_devices_from_env())
+    return replace(plan_placement(statuses, lm_budget, train_budget, device, visible_devices_from_env()), gpus=tuple(statuses))
 
 
 def lock_path(uuid: str) -> Path:

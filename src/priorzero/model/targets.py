@@ -26,13 +26,7 @@ class StepLike(Protocol):
     done: bool
     value_target: float
 
-
-def visit_distribution(counts: Sequence[float]) -> list[float]:
-    """Visit counts as probabilities; uniform when the search made no visits."""
-    total = float(sum(counts))
-    if total <= 0:
-        return [1.0 / len(counts)] * len(counts)
-    return [count / total for count in counts]
+    def visit_policy(self) -> list[float]: ...
 
 
 def make_batch(
@@ -77,7 +71,7 @@ def make_batch(
             candidate_mask[b, t, :count] = True
             step_mask[b, t] = True
             value[b, t], reward[b, t] = step.value_target, step.reward
-            policy[b, t, :count] = torch.tensor(visit_distribution(step.visit_counts))
+            policy[b, t, :count] = torch.tensor(step.visit_policy())
             is_last = t == len(segment) - 1
             next_known = not step.done and (not is_last or following[b] is not None)
             next_mask[b, t] = next_known

@@ -21,17 +21,37 @@ from priorzero.search.tree import PRIOR, Q, VISITS, Tree
 
 @dataclass(frozen=True)
 class SearchParams:
+    """Every setting of one search, built once from the config (`from_config`): the simulations and the root."""
+
     num_simulations: int
     pb_c_base: float = 19652.0
     pb_c_init: float = 1.25
     discount: float = 0.997
     min_q_spread: float = 0.01  # floor on max - min when normalising Q (LightZero's value_delta_max)
     cuda_graphs: bool = False  # on a GPU, replay the bookkeeping (simulate, expand, backward) as two CUDA graphs
+    # The root (search/root.py): how the language model's prior meets the world model's, noise, the action's choice.
+    prior_mode: str = "mix"  # replace, mix or adaptive (root.combine_priors)
+    lm_weight: float = 0.5  # the LM prior's weight in 'mix'
+    noise_alpha: float | None = None  # Dirichlet noise at the root (collection); None: no noise (evaluation)
+    noise_fraction: float = 0.25
+    temperature: float = 1.0  # the action is sampled from visits ** (1 / temperature); 0: the most visited
 
     @classmethod
-    def from_config(cls, search: SearchConfig) -> SearchParams:
-        """The search section of priorzero.config.Config as search parameters."""
-        return cls(search.num_simulations, search.pb_c_base, search.pb_c_init, search.discount, search.min_q_spread, search.cuda_graphs)
+    def from_config(cls, search: SearchConfig, explore: bool = False) -> SearchParams:
+        """The search section of priorzero.config.Config; `explore` (collection) adds root noise and samples the action."""
+        return cls(
+            num_simulations=search.num_simulations,
+            pb_c_base=search.pb_c_base,
+            pb_c_init=search.pb_c_init,
+            discount=search.discount,
+            min_q_spread=search.min_q_spread,
+            cuda_graphs=search.cuda_graphs,
+            prior_mode=search.prior_mode,
+            lm_weight=search.prior_mix_weight,
+            noise_alpha=search.root_dirichlet_alpha if explore else None,
+            noise_fraction=search.root_noise_fraction,
+            temperature=search.collect_temperature if explore else 0.0,
+        )
 
 
 def masked_softmax(logits: Tensor, mask: Tensor) -> Tensor:

