@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# The GPU measurements of docs/gpu.md and docs/benchmarks.md, on the lent machine, after scripts/device-carry.sh has
+# unpacked everything and `source scripts/device-env.sh` (see there). Writes JSON and logs under $OUT.
+#
+#   bash scripts/gpu-measure.sh stress       # 20 x `priorzero train --preset full` beside a churning co-tenant (issue 10)
+#   bash scripts/gpu-measure.sh throughput   # bench envs ceilings; bench train lockstep vs pipeline (issue 15)
+set -uo pipefail
+out=${OUT:-/tmp/out}
+mkdir -p "$out"
+pz() { python3 -c 'from priorzero.cli import main; raise SystemExit(main())' "$@"; }
+nvidia-smi --query-gpu=name,memory.total,memory.used,utilization.gpu --format=csv >"$out/gpu.csv"
+git rev-parse --short HEAD >"$out/commit.txt" 2>/dev/null || true
+
+case "${1:-}" in
+stress)
+  # one real run first: its start-up report and log, and the model conversion cached for the 20 that follow
+  pz train --preset full --max-env-steps 48 --run-dir /tmp/pz-first --set train.eval_agents=[] --set llm.gpu_memory=12GiB \
+    >"$out/first-run.log" 2>&1
+  cp /tmp/pz-first/startup.json "$out/startup-first-run.json"
+  pz bench startup --policies train,mimic --starts "${STARTS:-20}" --train-steps 48 --gpu-memory 12GiB \
+    --out "$out/stress.json" 2>&1 | tee "$out/stress.log" | tail -40
+  ;;
+throughput)
+  games=${GAMES:-detective.z5,ludicorp.z5,balances.z5,omniquest.z5,library.z5,905.z5,acorncourt.z5}
+  timeout "${ENVS_S:-200}" python3 -c 'from priorzero.cli import main; raise SystemExit(main())' bench envs --games "$games" --workers auto --json \
+    >"$out/envs.json" 2>"$out/envs.log"; tail -5 "$out/envs.log"
+  for spec in "detective.z5 64" "tw-coin_collector-l5-s1 64"; do
+    set -- $spec
+    timeout "${TRAIN_S:-150}" python3 -c 'from priorzero.cli import main; raise SystemExit(main())' bench train --preset full --env-id "$1" \
+      --set env.num_envs="$2" --env-steps "${STEPS:-1500}" --modes lockstep,pipeline --json \
+      >"$out/train-$1.json" 2>"$out/train-$1.log"
+    cat "$out/train-$1.json"; tail -3 "$out/train-$1.log"
+  done
+  ;;
+*)
+  echo "usage: $0 stress|throughput" >&2; exit 2 ;;
+esac
