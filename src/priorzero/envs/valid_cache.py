@@ -12,6 +12,7 @@ and ignored, with one warning per process; the game then lists through its in-me
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import logging
@@ -59,6 +60,13 @@ class SharedValidCache:
 
     def _open(self) -> sqlite3.Connection:
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        # Setting up a new file (switching it to WAL, creating the tables) can fail at once with "database is
+        # locked" while another process does the same, without waiting: so processes set up one at a time.
+        with open(f"{self.path}.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            return self._set_up()
+
+    def _set_up(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
         try:
             db.execute("PRAGMA journal_mode=WAL")
