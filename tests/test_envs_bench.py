@@ -20,9 +20,14 @@ def test_bench_envs_reports_every_cell(cli, default_game_file):
 
 
 def test_bench_envs_games_reports_the_ceiling_before_and_after(cli, jericho_dir):
-    result = cli("bench", "envs", "--games", "detective.z5", "--game-dir", str(jericho_dir), "--workers", "1", "--seconds", "1", "--repeats", "1", "--json")
+    result = cli("bench", "envs", "--games", "detective.z5", "--game-dir", str(jericho_dir), "--workers", "1", "--seconds", "1", "--repeats", "1",
+                 "--phases", "1", "--json")
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout.strip().splitlines()[-1])
+    [phases] = report["phases"]
+    assert phases["env_id"] == "detective.z5" and phases["listings"] == 1 and phases["candidates"] > 100
+    assert phases["ms"]["total"] == pytest.approx(sum(phases["ms"][name] for name in ("objects", "candidates", "emulator", "choose")), abs=0.05)
+    assert 0 < phases["ms"]["spacy"] < phases["ms"]["objects"]
     cells = {cell["variant"]: cell for cell in report["ceiling"]}
     assert list(cells) == ["plain", "shared-cold", "shared-warm"] and report["max_episode_steps"] == 100
     for cell in cells.values():

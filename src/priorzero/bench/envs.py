@@ -213,6 +213,73 @@ def measure_ceiling(env_id: str, config: EnvConfig, workers: int, seconds: float
     return cells
 
 
+@dataclass
+class ListingPhases:
+    env_id: str
+    listings: int
+    candidates: float  # candidate commands tried per listing (mean)
+    ms: dict[str, float]  # mean milliseconds per listing, by phase (see profile_listings)
+
+
+class _TimedPipeline:
+    """A spaCy pipeline that adds the time of each parse to `seconds`."""
+
+    def __init__(self, nlp: Any):
+        self.nlp, self.meta, self.seconds = nlp, nlp.meta, 0.0
+
+    def __call__(self, text: str) -> Any:
+        started = time.perf_counter()
+        doc = self.nlp(text)
+        self.seconds += time.perf_counter() - started
+        return doc
+
+
+def profile_listings(env_id: str, config: EnvConfig, listings: int, seed: int) -> ListingPhases:
+    """Where Jericho's listing spends its time, over `listings` states of a seeded random walk in this process.
+
+    Makes the calls Jericho 3.3.1's `get_valid_actions` makes, timing each: "objects" (`look`, `inventory` and
+    `examine` for each object in the emulator, their texts parsed by spaCy; "spacy" is the parsing alone),
+    "candidates" (naming the objects and filling the game's command templates), "emulator" (each candidate
+    tried from the saved state, in Jericho's C code) and "choose" (one command per distinct world change).
+    """
+    import importlib
+
+    from priorzero.envs.jericho_game import load_spacy_pipeline, open_frotz
+
+    jericho_util = importlib.import_module("jericho.util")
+    pipeline = _TimedPipeline(load_spacy_pipeline())
+    previous = getattr(jericho_util, "spacy_nlp", None)
+    jericho_util.spacy_nlp = pipeline
+    env = open_frotz(resolve(env_id, config).story_file)
+    rng = random.Random(seed)
+    totals = dict.fromkeys(("objects", "candidates", "emulator", "choose"), 0.0)
+    candidates = 0
+    try:
+        env.reset()
+        for _ in range(listings):
+            marks = [time.perf_counter()]
+            objects = env._identify_interactive_objects(use_object_tree=True)
+            marks.append(time.perf_counter())
+            actions = env.act_gen.generate_actions(env._score_object_names(objects))
+            marks.append(time.perf_counter())
+            diff2acts = env._filter_candidate_actions(actions, use_ctypes=True, use_parallel=False)
+            marks.append(time.perf_counter())
+            valid = [max(group, key=jericho_util.verb_usage_count) for group in diff2acts.values()]
+            marks.append(time.perf_counter())
+            for phase, start, end in zip(totals, marks, marks[1:], strict=False):
+                totals[phase] += end - start
+            candidates += len(actions)
+            _, _, done, _ = env.step(rng.choice(valid) if valid else "look")
+            if done:
+                env.reset()
+    finally:
+        env.close()
+        jericho_util.spacy_nlp = previous
+    ms = {phase: round(1000 * seconds / listings, 2) for phase, seconds in {**totals, "spacy": pipeline.seconds}.items()}
+    ms["total"] = round(sum(ms[phase] for phase in totals), 2)
+    return ListingPhases(env_id, listings, round(candidates / listings, 1), ms)
+
+
 def parse_workers(values: list[str]) -> list[int]:
     """Pool sizes from --workers: positive integers, or "auto" for every core (os.cpu_count())."""
     sizes = []
@@ -236,6 +303,7 @@ def bench_envs(
     jericho_steps: Annotated[int, typer.Option("--jericho-steps", min=1, help="Steps per timed Jericho run with valid commands.")] = 100,
     jericho_plain_steps: Annotated[int, typer.Option("--jericho-plain-steps", min=1, help="Steps per timed Jericho run without valid commands (they take well under a millisecond).")] = 2000,
     seconds: Annotated[float, typer.Option("--seconds", min=0.1, help="With --games: length of each timed window.")] = 20.0,
+    phases: Annotated[int, typer.Option("--phases", min=0, help="With --games: also split this many listings per game (one process, a seeded random walk) into where their time goes.")] = 0,
     repeats: Annotated[int, typer.Option("--repeats", min=1, help="Runs per cell; the median is reported.")] = 3,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the random commands.")] = 0,
     config: ConfigFileOpt = None,
@@ -246,7 +314,7 @@ def bench_envs(
     with --games, each Jericho game's ceiling with and without the shared valid-command cache."""
     if games:
         env = resolve_config(config_file=config, overrides=set_, game_dir=game_dir).env.model_copy(update={"max_episode_steps": 100})
-        bench_ceiling([name for value in games for name in value.split(",") if name], env, parse_workers(workers or ["auto"]), seconds, repeats, seed, json_output)
+        bench_ceiling([name for value in games for name in value.split(",") if name], env, parse_workers(workers or ["auto"]), seconds, repeats, seed, phases, json_output)
         return
     pool_sizes = parse_workers(workers or ["1", "2", "4"])
     env = resolve_config(config_file=config, overrides=set_, game_dir=game_dir).env.model_copy(update={"max_episode_steps": 50})
@@ -271,16 +339,28 @@ def bench_envs(
     Console().print(table)
 
 
-def bench_ceiling(games: list[str], env: EnvConfig, pool_sizes: list[int], seconds: float, repeats: int, seed: int, json_output: bool) -> None:
+def bench_ceiling(
+    games: list[str], env: EnvConfig, pool_sizes: list[int], seconds: float, repeats: int, seed: int, phases: int, json_output: bool
+) -> None:
     for env_id in games:
         if resolve(env_id, env).backend != "jericho":
             raise UserError(f"--games takes Jericho story files; {env_id} is a {resolve(env_id, env).backend} game")
+    profiles = [profile_listings(env_id, env, phases, seed) for env_id in games] if phases else []
     cells = [cell for env_id in games for size in pool_sizes for cell in measure_ceiling(env_id, env, size, seconds, repeats, seed)]
     if json_output:
-        typer.echo(json.dumps({"ceiling": [asdict(cell) for cell in cells], "seconds": seconds, "repeats": repeats,
-                               "max_episode_steps": env.max_episode_steps, "cpu_count": os.cpu_count()}))
+        typer.echo(json.dumps({"ceiling": [asdict(cell) for cell in cells], "phases": [asdict(profile) for profile in profiles], "seconds": seconds,
+                               "repeats": repeats, "max_episode_steps": env.max_episode_steps, "cpu_count": os.cpu_count()}))
         return
     from rich.table import Table
+
+    if profiles:
+        names = list(profiles[0].ms)
+        phase_table = Table(title="Where a listing's time goes: mean ms per listing, one process")
+        for column in ("game", "listings", "candidates", *names):
+            phase_table.add_column(column)
+        for profile in profiles:
+            phase_table.add_row(profile.env_id, str(profile.listings), f"{profile.candidates:.0f}", *(f"{profile.ms[name]:.1f}" for name in names))
+        Console().print(phase_table)
 
     table = Table(title=f"Games' ceiling: random play with valid commands, steps/s (median of {repeats} windows of {seconds:g} s)")
     for column in ("game", "workers", "variant", "steps/s", "vs plain", "runs", "listed", "shared hits", "memory hits"):
