@@ -22,7 +22,7 @@ stress)
   ;;
 throughput)
   games=${GAMES:-detective.z5,ludicorp.z5,balances.z5,omniquest.z5,library.z5,905.z5,acorncourt.z5}
-  timeout "${ENVS_S:-200}" python3 -c 'from priorzero.cli import main; raise SystemExit(main())' bench envs --games "$games" --workers auto --json \
+  timeout "${ENVS_S:-230}" python3 -c 'from priorzero.cli import main; raise SystemExit(main())' bench envs --games "$games" --workers auto --seconds "${ENVS_WINDOW_S:-10}" --json \
     >"$out/envs.json" 2>"$out/envs.log"; tail -5 "$out/envs.log"
   for spec in "detective.z5 64" "tw-coin_collector-l5-s1 64"; do
     set -- $spec
