@@ -46,6 +46,7 @@ def test_training_with_the_vllm_backend_pushes_each_update_and_stays_within_the_
     assert state["language_model"]["version"] == state["counters"]["lm_updates"] == 3
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     drifts = [row["lm/backend_drift"] for row in rows if "lm/backend_drift" in row]
+    print(f"vLLM drift per iteration (largest |log-prior| difference, mean over its updates): {drifts}")
     assert drifts and max(drifts) < DRIFT_TOLERANCE, drifts
     log = (run / "train.log").read_text()
     assert "with the vllm backend" in log and "prior version 3: vllm scores within" in log

@@ -342,7 +342,10 @@ class _EarlyLog(logging.handlers.BufferingHandler):
     def __init__(self) -> None:
         super().__init__(capacity=100_000)
         self.setLevel(logging.INFO)
-        logging.getLogger().addHandler(self)
+        root = logging.getLogger()
+        if root.level > logging.INFO or root.level == logging.NOTSET:
+            root.setLevel(logging.INFO)  # the run's log holds INFO records, as RunDir.start_logging sets it too
+        root.addHandler(self)
 
     def shouldFlush(self, record: logging.LogRecord) -> bool:
         return False
