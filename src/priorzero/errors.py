@@ -26,28 +26,27 @@ class UserError(Exception):
     exit_code = 2
 
 
-# errno -> what the user can do about it.
+# errno -> (what happened, what to do about it).
 _MACHINE_ERRORS = {
-    errno.ENOSPC: "the disk is full; free some space or point the run elsewhere (--run-dir)",
-    errno.EDQUOT: "the disk quota is used up; free some space or point the run elsewhere (--run-dir)",
-    errno.EFBIG: "the file size limit (ulimit -f) was reached; raise it or write less",
-    errno.EROFS: "the file system is read-only; choose a writable directory",
-    errno.EACCES: "permission denied; choose a directory you can write to",
-    errno.EPERM: "operation not permitted; choose a directory you can write to",
+    errno.ENOSPC: ("the disk is full", "free some space or write elsewhere (--run-dir DIR)"),
+    errno.EDQUOT: ("the disk quota is used up", "free some space or write elsewhere (--run-dir DIR)"),
+    errno.EFBIG: ("the file size limit (ulimit -f) was reached", "raise the limit or write less"),
+    errno.EROFS: ("the file system is read-only", "choose a writable directory"),
+    errno.EACCES: ("permission denied", "choose a directory you can write to"),
+    errno.EPERM: ("operation not permitted", "choose a directory you can write to"),
 }
 
 
 def os_error_message(exc: OSError) -> str | None:
     """One line for an OSError that the machine, not PriorZero, caused; None for any other OSError."""
-    advice = _MACHINE_ERRORS.get(exc.errno or -1)
-    if advice is None:
+    if exc.errno not in _MACHINE_ERRORS:
         return None
-    line = f"{os.fsdecode(exc.filename)}: {advice}" if exc.filename else advice
+    what, advice = _MACHINE_ERRORS[exc.errno]
     from priorzero.paths import cache_dir
 
     if exc.filename and _is_under(Path(os.fsdecode(exc.filename)), cache_dir()):
-        line += f" (it is in PriorZero's cache directory {cache_dir()}; set PRIORZERO_CACHE_DIR to a writable directory)"
-    return line
+        advice = f"it is in PriorZero's cache directory {cache_dir()}: set PRIORZERO_CACHE_DIR to a writable directory"
+    return f"{os.fsdecode(exc.filename)}: {what}; {advice}" if exc.filename else f"{what}; {advice}"
 
 
 def _is_under(path: Path, directory: Path) -> bool:

@@ -43,7 +43,7 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     """
     path = Path(path)
     for stale in remove_stale_temp_files(path.parent):
-        log.info("removed %s, left by a writer that was killed", stale)
+        log.debug("removed %s, left by a writer that was killed", stale)
     payload = {**state, DIGEST_KEY: content_digest(state)}
     delay = float(os.environ.get(_SLOW_WRITE_ENV, "0"))
     with atomic_open(path) as f:
@@ -58,8 +58,8 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
             try:
                 torch.save(payload, writer)
             except RuntimeError:
-                if writer.error is not None:
-                    raise writer.error from None
+                if writer.error is not None:  # say which file could not be written
+                    raise OSError(writer.error.errno, writer.error.strerror, str(path)) from None
                 raise
 
 

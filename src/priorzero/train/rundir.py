@@ -82,7 +82,7 @@ class RunDir:
         run = cls(path)
         for directory in (run.path, run.checkpoint_dir):
             for stale in remove_stale_temp_files(directory):
-                log.info("removed %s, left by a writer that was killed", stale)
+                log.debug("removed %s, left by a writer that was killed", stale)
         return run
 
     def start_logging(self) -> None:
