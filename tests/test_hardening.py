@@ -223,7 +223,11 @@ def test_doctor_replay_of_a_directory_is_one_line(tmp_path):
 
 def test_call_timeout_too_short_says_to_raise_it(tmp_path):
     result = priorzero("play", "--agent", "random", "--steps", "2", "--set", "env.call_timeout_s=0.001", "--json")
-    one_line(result, "env.call_timeout_s=0.001", "--set env.call_timeout_s=60")
+    # The pool logs each timed-out worker it restarts (a WARNING line each); then the error is the last line.
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert all(" WARNING priorzero.envs.pool: " in line for line in lines[:-1])
+    assert lines[-1].startswith("priorzero: error: ") and "env.call_timeout_s=0.001" in lines[-1] and "--set env.call_timeout_s=60" in lines[-1]
 
 
 def test_read_only_run_directory_is_one_line_and_creates_nothing(read_only_dir):
@@ -244,11 +248,16 @@ def test_unwritable_cache_dir_is_one_line_naming_the_variable(read_only_dir, tmp
     one_line(priorzero("play", "--agent", "random", "--steps", "1", env=env), "PRIORZERO_CACHE_DIR")
 
 
-def test_full_disk_while_generating_games_is_one_line_and_leaves_no_partial_file(tmp_path):
+def test_an_internal_failure_is_one_line_naming_the_log_that_holds_the_traceback(tmp_path):
+    """A real one: TextWorld's compiler dies under a 64 KiB file size limit (TextWorld raises its own error, not an OSError)."""
     cache = tmp_path / "cache"
     result = priorzero("games", "make", "tw-coin_collector-l5-s1", env={"PRIORZERO_CACHE_DIR": str(cache)}, preexec_fn=_fsize_limit(64 * 1024))
-    one_line(result, "file size limit")
-    assert not [p for p in cache.rglob("*.z8")]  # no half-written game file that a later run would take for a whole one
+    last = result.stderr.strip().splitlines()[-1]
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert last.startswith("priorzero: internal error: ") and "(traceback in " in last
+    log = Path(last.rsplit("(traceback in ", 1)[1].rstrip(")"))
+    assert "Traceback (most recent call last)" in log.read_text()
+    assert not list(cache.rglob("*.z8"))  # no half-written game that a later run would take for a whole one
 
 
 def test_full_disk_during_a_checkpoint_write_keeps_the_previous_one_and_no_temp_file(tmp_path):

@@ -60,10 +60,10 @@ def train(
         if not stored.is_file():
             raise UserError(f"cannot resume: {path} is not a run directory (no config.yaml)")
         resolved = resolve_config(*options, base=load_yaml(stored))
-    require_valid_commands(resolved.env, "training")
     if preset == "full" and not _has_cuda():
         typer.echo("priorzero: warning: --preset full is sized for a GPU and this machine has none: it will run on the CPU, "
                    "very slowly; use --preset quick for a CPU run", err=True)
+    require_valid_commands(resolved.env, "training")
     set_crash_log(path / "train.log")
     try:
         return run_training(resolved, run_dir=run_dir, resume=resume)
