@@ -161,7 +161,11 @@ def _check_stored_config(state: dict[str, Any], path: Path) -> None:
         if not isinstance(raw, dict):
             raise ValueError("not a mapping of config sections")
         Config.model_validate(raw)
-    except (yaml.YAMLError, ValidationError, ValueError) as exc:
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        where = ".".join(str(part) for part in error["loc"])
+        raise UserError(f"checkpoint {path} holds a corrupt run config ({where}: {error['msg']}); it cannot be resumed or evaluated") from None
+    except (yaml.YAMLError, ValueError) as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
         raise UserError(f"checkpoint {path} holds a corrupt run config ({first}); it cannot be resumed or evaluated") from None
 
