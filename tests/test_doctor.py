@@ -49,8 +49,27 @@ def test_this_machine_table_and_shell(capsys):
     code, out, _ = run(capsys, "--no-backends", "--samples", "1")
     assert "GPUs (NVML" in out and "Recommended:" in out and "Environment" in out
     code, out, _ = run(capsys, "--shell", "--no-backends", "--samples", "1")
-    assert code == 0 and "export CUDA_DEVICE_ORDER=PCI_BUS_ID" in out
+    has_gpus = bool(json.loads((run(capsys, "--json", "--no-backends", "--samples", "1")[1]))["gpus"])
+    assert code == 0 and ("export CUDA_DEVICE_ORDER=PCI_BUS_ID" in out) == has_gpus  # no GPU: no CUDA advice
     assert all(line.startswith(("#", "export ")) for line in out.strip().splitlines())
+
+
+def test_no_gpu_means_no_cuda_device_order_advice(capsys, tmp_path):
+    """A trace of a machine whose NVML lists no device: neither --shell nor the advice mentions CUDA_DEVICE_ORDER."""
+    trace = json.loads(Path(IDLE).read_text())
+    trace["frames"] = [{**frame, "devices": []} for frame in trace["frames"]]
+    empty = tmp_path / "no_gpus.json"
+    empty.write_text(json.dumps(trace))
+    code, out, _ = run(capsys, "--replay", str(empty), "--shell", "--no-backends")
+    assert code == 0 and "CUDA_DEVICE_ORDER" not in out and "nothing to export" in out
+    code, out, _ = run(capsys, "--replay", str(empty), "--json", "--no-backends")
+    assert not any("CUDA_DEVICE_ORDER" in line for line in json.loads(out)["advice"])
+
+
+def test_replay_of_a_directory_or_binary_file_is_one_line(capsys, tmp_path):
+    for path, message in ((tmp_path, "is a directory"), (Path("/bin/ls"), "not a trace recorded by priorzero")):
+        code, out, err = run(capsys, "--replay", str(path), "--no-backends")
+        assert code == 2 and message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
 
 
 def test_replayed_idle_h100(capsys):

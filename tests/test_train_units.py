@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from priorzero.config import build_config
+from priorzero.config import Config, build_config, config_to_yaml
 from priorzero.errors import UserError
 from priorzero.train.buffer import ReplayBuffer, StepRecord, n_step_returns, split_into_segments
 from priorzero.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
@@ -70,7 +70,7 @@ def test_checkpoint_round_trip_with_weights_only_restores_buffer_and_every_rng(t
     buffer = ReplayBuffer(100, 3)
     buffer.add_episode(episode([0.0, 1.0, 0.0, 0.5]), td_steps=2, discount=0.9)
     sampler = np.random.default_rng(5)
-    state = {"buffer": buffer.state_dict(), "rng": rng_state(), "sampler": sampler.bit_generator.state}
+    state = {"config": config_to_yaml(Config()), "buffer": buffer.state_dict(), "rng": rng_state(), "sampler": sampler.bit_generator.state}
     save_checkpoint(tmp_path / "c.pt", state)
     expected = (random.random(), float(np.random.rand()), float(torch.rand(1)), sampler.random())
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import sys
@@ -14,16 +13,21 @@ import click
 import typer
 
 from priorzero.config import Config, build_config
-from priorzero.errors import UserError
+from priorzero.errors import UserError, os_error_message, write_crash_log
 
-app = typer.Typer(
-    name="priorzero",
-    help="Train text-adventure agents: tree search in a learned world model, guided by a language model's prior.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-    context_settings={"help_option_names": ["-h", "--help"]},
-)
+
+def _make_app() -> typer.Typer:
+    return typer.Typer(
+        name="priorzero",
+        help="Train text-adventure agents: tree search in a learned world model, guided by a language model's prior.",
+        no_args_is_help=True,
+        add_completion=False,
+        pretty_exceptions_enable=False,
+        context_settings={"help_option_names": ["-h", "--help"]},
+    )
+
+
+app = _make_app()  # the app of the last main() call (commands are registered on it by main)
 
 # Options shared by every command that builds a Config. The underscore spellings are the old flags.
 PresetOpt = Annotated[str | None, typer.Option("--preset", help="Configuration preset: quick (CPU, minutes) or full (GPU).")]
@@ -48,8 +52,12 @@ def resolve_config(
     seed: int | None = None,
     max_iter: int | None = None,
     max_env_steps: int | None = None,
+    base: dict[str, Any] | None = None,
 ) -> Config:
-    """Turn the shared options into one validated Config (explicit options win over --set)."""
+    """Turn the shared options into one validated Config (explicit options win over --set).
+
+    `base` is the lowest layer (a run's stored config when resuming); the defaults apply only where it is silent.
+    """
     if quick_test:
         if preset not in (None, "quick"):
             raise UserError(f"--quick-test means --preset quick, which conflicts with --preset {preset}")
@@ -64,7 +72,7 @@ def resolve_config(
     ):
         if value is not None:
             extra.setdefault(section, {})[key] = value
-    return build_config(preset, config_file, overrides or [], extra)
+    return build_config(preset, config_file, overrides or [], extra, base=base)
 
 
 def setup_logging(verbose: bool = False) -> None:
@@ -86,17 +94,30 @@ except ImportError:
     pass
 
 
-@app.callback()
-def _root() -> None:
+def _show_version(value: bool) -> None:
+    if value:
+        from priorzero import __version__
+
+        typer.echo(f"priorzero {__version__}")
+        raise typer.Exit()
+
+
+def _root(
+    version: Annotated[bool, typer.Option("--version", callback=_show_version, is_eager=True, help="Print the version and exit.")] = False,
+) -> None:
     """Train text-adventure agents: tree search in a learned world model, guided by a language model's prior."""
 
 
-@functools.cache  # main() may run many times in one process (tests); register once
-def _register_commands() -> None:
+def _build_app(argv: list[str]) -> typer.Typer:
+    """A fresh app with every subcommand; `bench` loads its (torch-importing) modules only when one is run."""
     from priorzero.commands import bench, config_cmd, doctor, eval, games, play, train
 
-    for module in (config_cmd, bench, doctor, games, play, train, eval):
-        module.register(app)
+    built = _make_app()
+    built.callback()(_root)
+    for module in (config_cmd, doctor, games, play, train, eval):
+        module.register(built)
+    bench.register(built, load=bench.wants_benchmark(argv))
+    return built
 
 
 def _quiet_third_party_output() -> None:
@@ -112,22 +133,44 @@ def _quiet_third_party_output() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: runs the app; bad input becomes one line on stderr and a non-zero exit, never a traceback."""
+    """Entry point: bad input becomes one line on stderr and exit 2; an internal failure one line naming its log."""
+    global app
+    args = list(sys.argv[1:] if argv is None else argv)
     _quiet_third_party_output()
-    _register_commands()
+    logging.raiseExceptions = False  # a log write that fails (a full disk) must not print its own traceback
     try:
-        result = app(args=argv, standalone_mode=False, prog_name="priorzero")
+        app = _build_app(args)
+        result = app(args=args, standalone_mode=False, prog_name="priorzero")
     except UserError as exc:
         print(f"priorzero: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except _USAGE_ERRORS as exc:
+        message = exc.format_message()
+        if not message:  # bare `priorzero` (or a group without a command): the help was printed
+            return 2
         command = exc.ctx.command_path if exc.ctx else "priorzero"
-        print(f"priorzero: error: {exc.format_message()} (see '{command} --help')", file=sys.stderr)
+        print(f"priorzero: error: {message} (see '{command} --help')", file=sys.stderr)
         return 2
     except (click.Abort, typer.Abort, KeyboardInterrupt):
         print("priorzero: interrupted", file=sys.stderr)
         return 130
+    except OSError as exc:
+        message = os_error_message(exc)
+        if message is None:
+            return _internal_error(exc, args)
+        print(f"priorzero: error: {message}", file=sys.stderr)
+        return 2
+    except Exception as exc:
+        return _internal_error(exc, args)
     return result if isinstance(result, int) else 0
+
+
+def _internal_error(exc: Exception, args: list[str]) -> int:
+    command = next((a for a in args if not a.startswith("-")), "")
+    log_path = write_crash_log(exc, command)
+    first = (str(exc).strip().splitlines() or [""])[0][:300]
+    print(f"priorzero: internal error: {type(exc).__name__}: {first} (traceback in {log_path})", file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":

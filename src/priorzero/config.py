@@ -7,10 +7,10 @@ Validated once, here; an invalid key or value is a `UserError` naming the key an
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from priorzero.errors import UserError
 
@@ -19,20 +19,56 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+_SIZE_ONLY_BUDGETS = {"lm_memory_budget"}  # budgets of activations, not of a GPU's free memory: no fractions
+
+
+def _check_budget(value: object, info: ValidationInfo) -> str | None:
+    """A memory budget ('20GiB', or for a GPU's budget a fraction of its free memory such as '0.5'), kept as text.
+
+    YAML and --set read 0.5 as a number, so numbers become text first; text that is no budget is refused
+    here, at config time, with the parser's own message.
+    """
+    if value is None:
+        return None
+    from priorzero.gpu.budget import parse_budget, parse_size
+
+    text = str(value)
+    try:
+        if info.field_name in _SIZE_ONLY_BUDGETS:
+            if parse_size(text) <= 0:
+                raise UserError(f"memory size {text!r} must be more than zero bytes; write e.g. 2GiB")
+        else:
+            parse_budget(text)
+    except UserError as exc:
+        raise ValueError(str(exc)) from None
+    return text
+
+
+# The type of every memory-budget field (llm.gpu_memory, train.lm_memory_budget, gpu.train_memory).
+Budget = Annotated[str | None, BeforeValidator(_check_budget)]
+
+
 class RunConfig(_Section):
-    name: str = "priorzero"
+    name: str = Field("priorzero", description="The run's directory under runs/ (one name: no '/', no '..').")
     run_dir: Path | None = Field(None, description="Default: runs/<name>.")
     seed: int = 0
+
+    @field_validator("name")
+    @classmethod
+    def _name_stays_in_runs(cls, value: str) -> str:
+        if not value.strip() or "/" in value or "\\" in value or value in (".", ".."):
+            raise ValueError(f"run.name {value!r} must be one directory name (no '/', not '.' or '..'); to write elsewhere pass --run-dir DIR")
+        return value
 
 
 class EnvConfig(_Section):
     env_id: str = Field("tw-coin_collector-l5-s1", description="A suite game name (see 'priorzero games list') or a story file name.")
     game_dir: Path | None = Field(None, description="Searched first for story files, then $PRIORZERO_GAME_DIR, then ~/.local/share/priorzero/games.")
-    num_envs: int = Field(4, ge=1, description="Games played in parallel, each in a worker process.")
-    max_episode_steps: int = Field(50, ge=1, description="Steps after which an episode is truncated (reason 'step_limit').")
+    num_envs: int = Field(4, ge=1, le=1024, description="Games played in parallel, each in a worker process.")
+    max_episode_steps: int = Field(50, ge=1, le=100_000, description="Steps after which an episode is truncated (reason 'step_limit').")
     valid_commands: bool = Field(True, description="Ask the game for its valid commands every step (off: faster, observations list none).")
-    call_timeout_s: float = Field(60.0, gt=0, description="Longest a single call into a game may take; then its worker is killed and restarted (Jericho's valid commands can take 10 s on a busy CPU).")
-    start_timeout_s: float = Field(120.0, gt=0, description="Longest a worker may take to start and open its game.")
+    call_timeout_s: float = Field(60.0, gt=0, le=86_400, description="Longest a single call into a game may take; then its worker is killed and restarted (Jericho's valid commands can take 10 s on a busy CPU).")
+    start_timeout_s: float = Field(120.0, gt=0, le=86_400, description="Longest a worker may take to start and open its game.")
 
 
 class LLMConfig(_Section):
@@ -40,18 +76,18 @@ class LLMConfig(_Section):
     backend: Literal["hf", "vllm"] = "hf"
     device: str = Field("auto", description="'auto', 'cpu', 'cuda' or 'cuda:N'.")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    gpu_memory: str | None = Field(None, description="Budget on its GPU: bytes ('20GiB') or a fraction of free memory ('0.5').")
-    history_steps: int = Field(4, ge=0, description="Past steps (command and response) shown in the prompt.")
-    prompt_tokens: int = Field(768, ge=64, description="Prompt budget in tokens; the oldest history goes first when over.")
+    gpu_memory: Budget = Field(None, description="Budget on its GPU: bytes ('20GiB') or a fraction of free memory ('0.5').")
+    history_steps: int = Field(4, ge=0, le=1000, description="Past steps (command and response) shown in the prompt.")
+    prompt_tokens: int = Field(768, ge=64, le=1_000_000, description="Prompt budget in tokens; the oldest history goes first when over.")
     show_opening: bool = Field(True, description="Keep the episode's opening text (the goal, often the route) in the prompt.")
     show_valid_commands: bool = Field(False, description="List the valid commands in the prompt (off: higher MRR with SmolLM2, docs/prior.md).")
     score_reduction: Literal["sum", "mean"] = Field("sum", description="Softmax over each command's summed or per-token mean log-probability.")
     prior_temperature: float = Field(3.0, gt=0, description="Divides the command scores before the softmax (SmolLM2-135M puts ~1.0 on one command at 1; docs/results.md).")
-    score_token_budget: int = Field(16384, ge=256, description="Most tokens (padded) in one scoring forward pass.")
+    score_token_budget: int = Field(16384, ge=256, le=10_000_000, description="Most tokens (padded) in one scoring forward pass.")
 
 
 class SearchConfig(_Section):
-    num_simulations: int = Field(50, ge=1, description="Enough that a low-prior command is tried once a sibling's value is high.")
+    num_simulations: int = Field(50, ge=1, le=10_000, description="Enough that a low-prior command is tried once a sibling's value is high.")
     pb_c_base: float = 19652.0
     pb_c_init: float = 1.25
     discount: float = Field(0.9, gt=0, le=1, description="Short horizon: values tell states near a reward from those far from it.")
@@ -65,11 +101,11 @@ class SearchConfig(_Section):
 
 
 class ModelConfig(_Section):
-    latent_dim: int = Field(128, ge=8, description="Width of latents and of the dynamics transformer.")
-    num_layers: int = Field(2, ge=1, description="Transformer blocks in the dynamics.")
-    num_heads: int = Field(4, ge=1, description="Attention heads; latent_dim / num_heads must be even.")
-    context_window: int = Field(4, ge=1, description="Past observations (the root included) the search's root context holds.")
-    support_size: int = Field(30, ge=1, description="Value and reward are categorical over -S..S after MuZero's h().")
+    latent_dim: int = Field(128, ge=8, le=16_384, description="Width of latents and of the dynamics transformer.")
+    num_layers: int = Field(2, ge=1, le=128, description="Transformer blocks in the dynamics.")
+    num_heads: int = Field(4, ge=1, le=256, description="Attention heads; latent_dim / num_heads must be even.")
+    context_window: int = Field(4, ge=1, le=1024, description="Past observations (the root included) the search's root context holds.")
+    support_size: int = Field(30, ge=1, le=10_000, description="Value and reward are categorical over -S..S after MuZero's h().")
     value_loss_weight: float = Field(0.25, ge=0)
     reward_loss_weight: float = Field(1.0, ge=0)
     policy_loss_weight: float = Field(1.0, ge=0)
@@ -83,32 +119,32 @@ class ModelConfig(_Section):
 
 
 class TrainConfig(_Section):
-    max_iter: int | None = Field(None, ge=1, description="Stop after this many iterations.")
+    max_iter: int | None = Field(None, ge=1, le=100_000_000, description="Stop after this many iterations.")
     max_env_steps: int | None = Field(None, ge=1, description="Stop after exactly this many environment steps.")
     max_minutes: float | None = Field(None, gt=0, description="Stop at the first step after this much training time (a resumed run counts its earlier time).")
     # Collection: every game slot plays episode after episode; learning keeps pace at a replay ratio.
     collection: Literal["pipeline", "lockstep"] = Field(
         "pipeline", description="pipeline: a slot whose episode ends starts the next at once; lockstep: every slot plays one episode per iteration (the old loop, for comparison)."
     )
-    iteration_steps: int = Field(200, ge=1, description="Environment steps per iteration (pipeline): one metrics row, one log line, the checkpoint cadence.")
-    collect_groups: int = Field(2, ge=1, description="Pipeline: game slots split into this many groups; while one group's games step and list their valid commands, the models decide for the next (1: no overlap).")
-    buffer_steps: int = Field(50_000, ge=1, description="Replay buffer capacity in environment steps (oldest segments go first).")
-    segment_length: int = Field(10, ge=1, description="Steps per replay segment (episodes are cut into segments).")
+    iteration_steps: int = Field(200, ge=1, le=100_000_000, description="Environment steps per iteration (pipeline): one metrics row, one log line, the checkpoint cadence.")
+    collect_groups: int = Field(2, ge=1, le=64, description="Pipeline: game slots split into this many groups; while one group's games step and list their valid commands, the models decide for the next (1: no overlap).")
+    buffer_steps: int = Field(50_000, ge=1, le=100_000_000, description="Replay buffer capacity in environment steps (oldest segments go first).")
+    segment_length: int = Field(10, ge=1, le=10_000, description="Steps per replay segment (episodes are cut into segments).")
     # World model.
     wm_lr: float = Field(3e-4, gt=0)
-    wm_batch_size: int = Field(32, ge=1, description="Segments sampled per world-model update.")
-    wm_updates_per_step: float = Field(0.1, ge=0, description="World-model gradient steps per environment step (the replay ratio).")
-    unroll_steps: int = Field(5, ge=1, description="Steps the dynamics are unrolled from each sampled position.")
-    td_steps: int = Field(10, ge=1, description="n of the n-step value targets and of the advantage's return.")
+    wm_batch_size: int = Field(32, ge=1, le=65_536, description="Segments sampled per world-model update.")
+    wm_updates_per_step: float = Field(0.1, ge=0, le=1000, description="World-model gradient steps per environment step (the replay ratio).")
+    unroll_steps: int = Field(5, ge=1, le=1000, description="Steps the dynamics are unrolled from each sampled position.")
+    td_steps: int = Field(10, ge=1, le=100_000, description="n of the n-step value targets and of the advantage's return.")
     # Language model.
     lm_finetune: Literal["lora", "full", "off"] = Field("lora", description="How the language model is fine-tuned.")
     lora_rank: int = Field(8, ge=1)
     lora_alpha: float = Field(16.0, gt=0)
     lm_lr: float = Field(1e-4, gt=0)
-    lm_updates_per_step: float = Field(0.01, ge=0, description="Language-model gradient steps per environment step.")
-    lm_batch_size: int = Field(16, ge=1, description="Steps per language-model update.")
-    lm_micro_batch: int = Field(8, ge=1, description="Steps per micro-batch (gradients accumulate); halved on out-of-memory.")
-    lm_memory_budget: str | None = Field(None, description="Bytes the LM update's activations may use ('2GiB'); a micro-batch planned above it is treated as out of memory.")
+    lm_updates_per_step: float = Field(0.01, ge=0, le=1000, description="Language-model gradient steps per environment step.")
+    lm_batch_size: int = Field(16, ge=1, le=65_536, description="Steps per language-model update.")
+    lm_micro_batch: int = Field(8, ge=1, le=65_536, description="Steps per micro-batch (gradients accumulate); halved on out-of-memory.")
+    lm_memory_budget: Budget = Field(None, description="Bytes the LM update's activations may use ('2GiB'); a micro-batch planned above it is treated as out of memory.")
     visit_loss_weight: float = Field(1.0, ge=0, description="Cross-entropy from the visit distribution to the prior.")
     pg_loss_weight: float = Field(0.1, ge=0, description="Policy gradient on the executed command.")
     kl_loss_weight: float = Field(0.05, ge=0, description="KL from the initial language model's prior.")
@@ -116,31 +152,18 @@ class TrainConfig(_Section):
     grad_clip: float = Field(1.0, gt=0)
     # Checkpoints and evaluation.
     checkpoint_every: int = Field(1, ge=1, description="Write a checkpoint every N iterations (and at the end).")
-    eval_episodes: int = Field(5, ge=1, description="Episodes per game and agent in the final evaluation.")
+    eval_episodes: int = Field(5, ge=1, le=100_000, description="Episodes per game and agent in the final evaluation.")
     eval_agents: list[Literal["random", "llm", "wm", "priorzero"]] = Field(
         ["random", "priorzero"], description="Agents scored in the final evaluation."
     )
 
 
 class GPUConfig(_Section):
-    train_memory: str | None = Field(None, description="Trainer's budget on its GPU: bytes ('20GiB') or a fraction of free memory ('0.3'); default: share the LM's GPU.")
-    start_attempts: int = Field(3, ge=1, description="Start attempts per GPU before moving to the next GPU.")
+    train_memory: Budget = Field(None, description="Trainer's budget on its GPU: bytes ('20GiB') or a fraction of free memory ('0.3'); default: share the LM's GPU.")
+    start_attempts: int = Field(3, ge=1, le=1000, description="Start attempts per GPU before moving to the next GPU.")
     start_backoff_s: float = Field(2.0, gt=0, description="Wait after the first failed start; doubles after each further failure.")
     stable_window_s: float = Field(2.0, gt=0, description="Before a retry, the GPU's free memory must hold still this long.")
     fallback_to_hf: bool = Field(True, description="When every vLLM start fails, start the transformers backend instead.")
-
-    @field_validator("train_memory", mode="before")
-    @classmethod
-    def _budget_parses(cls, value: object) -> str | None:
-        if value is not None:
-            from priorzero.gpu.budget import parse_budget
-
-            value = str(value)  # YAML reads '0.3' as a number
-            try:
-                parse_budget(value)
-            except UserError as exc:
-                raise ValueError(str(exc)) from None
-        return value
 
 
 class Config(_Section):
@@ -218,10 +241,17 @@ def parse_override(text: str) -> dict[str, Any]:
 
 
 def load_yaml(path: Path) -> dict[str, Any]:
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"config file {path} is a directory; pass a YAML file (e.g. one written by 'priorzero config')")
     try:
-        data = yaml.safe_load(Path(path).read_text())
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise UserError(f"config file {path} does not exist") from None
+    except UnicodeDecodeError:
+        raise UserError(f"config file {path} is not a text file; pass a YAML file (e.g. one written by 'priorzero config')") from None
+    except OSError as exc:
+        raise UserError(f"cannot read config file {path}: {exc.strerror}") from None
     except yaml.YAMLError as exc:
         raise UserError(f"config file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
     if data is None:
@@ -238,7 +268,8 @@ def _describe(error: dict[str, Any], raw: dict[str, Any]) -> str:
         model = Config.model_fields[section].annotation if section in Config.model_fields else Config
         allowed = ", ".join(model.model_fields)
         return f"unknown config key {key!r}; allowed keys{' in ' + str(section) if section else ''}: {allowed}"
-    return f"invalid config value for {key} ({error['input']!r}): {error['msg']}"
+    message = error["msg"].removeprefix("Value error, ")  # our validators' messages are whole sentences
+    return f"invalid config value for {key} ({error['input']!r}): {message}"
 
 
 def build_config(

@@ -37,7 +37,12 @@ def run_doctor(
         raise UserError("--json and --shell cannot be combined; pick one output format")
     lm_budget = parse_budget(gpu_memory) if gpu_memory is not None else None
     train_budget = parse_budget(train_memory) if train_memory is not None else None
-    nvml: NvmlLike | NvmlUnavailable = FakeNvml.from_file(replay) if replay else open_nvml()
+    if replay is not None and replay.is_dir():
+        raise UserError(f"--replay {replay} is a directory; pass an NVML trace file (JSON, as 'priorzero bench startup' records)")
+    try:
+        nvml: NvmlLike | NvmlUnavailable = FakeNvml.from_file(replay) if replay else open_nvml()
+    except OSError as exc:
+        raise UserError(f"cannot read NVML trace {replay}: {exc.strerror}; pass a trace file recorded by priorzero") from None
 
     def collect(check_backends: bool) -> doctor.DoctorReport:
         return doctor.collect(nvml, samples, interval, lm_budget, train_budget, device, check_backends=check_backends)

@@ -75,7 +75,7 @@ def list_games(
     """The default TextWorld suite and every story file in the game directories, with max score and valid-command support."""
     env = resolve_config(config_file=config, overrides=set_, game_dir=game_dir).env
     rows = [suite_row(game) for game in suite.SUITE] + [story_row(path) for path in registry.story_files(env)]
-    dirs = [{"path": str(d), "exists": d.is_dir()} for d in registry.game_dirs(env)]
+    dirs = [{"path": str(d), "exists": d.is_dir(), "problem": registry.describe_missing_dir(d).strip(" ()") or None} for d in registry.game_dirs(env)]
     if json_output:
         typer.echo(json.dumps({"games": [asdict(row) for row in rows], "game_dirs": dirs, "default": env.env_id}))
         return
@@ -90,7 +90,7 @@ def list_games(
     console.print(table)
     if not all(row.ready for row in rows if row.backend == "textworld" and row.env_id in suite.SUITE_BY_NAME):
         console.print("Suite games that are not ready are generated on first use, or all at once by 'priorzero games make'.")
-    searched = ", ".join(f"{d['path']}{'' if d['exists'] else ' (missing)'}" for d in dirs)
+    searched = ", ".join(d["path"] + (f" ({d['problem']})" if d["problem"] else "") for d in dirs)
     console.print(f"Story files are looked up in: {searched}. Point at yours with --game-dir DIR or {registry.GAME_DIR_VARIABLE}=DIR.")
 
 

@@ -5,6 +5,7 @@ from typing import Annotated
 
 import typer
 
+from priorzero.config import load_yaml
 from priorzero.errors import UserError
 from priorzero.cli import (
     ConfigFileOpt,
@@ -44,15 +45,36 @@ def train(
     Writes the run directory (config, log, TensorBoard events, checkpoints, summary.json, curves.png).
     Ctrl-C saves a checkpoint and exits; --resume continues from it.
     """
+    from priorzero.envs.registry import require_valid_commands
+    from priorzero.errors import set_crash_log
     from priorzero.train.loop import run_training
+    from priorzero.train.rundir import default_run_dir
 
     setup_logging(verbose)
-    if resume and run_dir is not None and not (preset or quick_test or config or set_ or env_id or game_dir or seed is not None):
-        config = run_dir / "config.yaml"  # resuming with no config options: the run's own config
-        if not config.is_file():
-            raise UserError(f"cannot resume: {run_dir} is not a run directory (no config.yaml)")
-    resolved = resolve_config(preset, quick_test, config, set_, env_id, game_dir, seed, max_iter, max_env_steps)
-    return run_training(resolved, run_dir=run_dir, resume=resume)
+    options = (preset, quick_test, config, set_, env_id, game_dir, seed, max_iter, max_env_steps)
+    resolved = resolve_config(*options)
+    path = run_dir if run_dir is not None else default_run_dir(resolved)
+    if resume:
+        # The run's stored config is the lowest layer, so only what these options really change differs from it.
+        stored = path / "config.yaml"
+        if not stored.is_file():
+            raise UserError(f"cannot resume: {path} is not a run directory (no config.yaml)")
+        resolved = resolve_config(*options, base=load_yaml(stored))
+    if preset == "full" and not _has_cuda():
+        typer.echo("priorzero: warning: --preset full is sized for a GPU and this machine has none: it will run on the CPU, "
+                   "very slowly; use --preset quick for a CPU run", err=True)
+    require_valid_commands(resolved.env, "training")
+    set_crash_log(path / "train.log")
+    try:
+        return run_training(resolved, run_dir=run_dir, resume=resume)
+    finally:
+        set_crash_log(None)
+
+
+def _has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def register(app: typer.Typer) -> None:

@@ -156,6 +156,11 @@ class GamePool:
         for i in wanted:
             ok, value = replies[i]
             if not ok:
+                if str(value).startswith("timeout after"):
+                    raise UserError(
+                        f"game {self.env_ids[i]} did not answer a reset within env.call_timeout_s={self.env_config.call_timeout_s:g} s, twice; "
+                        f"allow it longer, e.g. --set env.call_timeout_s=60"
+                    )
                 raise RuntimeError(f"game {i} ({self.env_ids[i]}) failed to reset twice: {value}")
             self._last[i] = value
             self._episode_over[i] = False

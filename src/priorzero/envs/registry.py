@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Literal
 
 from priorzero import paths
 from priorzero.envs import suite
-from priorzero.envs.jericho_game import STORY_SUFFIXES, check_story_file
+from priorzero.envs.jericho_game import STORY_SUFFIXES, check_story_file, has_valid_commands, open_frotz
 from priorzero.envs.textworld_game import is_textworld_game
 from priorzero.errors import UserError
 
@@ -46,6 +46,13 @@ def game_dirs(env_config: EnvConfig) -> list[Path]:
         if directory is not None and Path(directory).expanduser() not in found:
             found.append(Path(directory).expanduser())
     return found
+
+
+def describe_missing_dir(directory: Path) -> str:
+    """'' for a game directory that exists, else what is wrong with it: ' (missing)' or ' (a file, not a directory)'."""
+    if directory.is_dir():
+        return ""
+    return " (a file, not a directory)" if directory.exists() else " (missing)"
 
 
 def story_files(env_config: EnvConfig) -> list[Path]:
@@ -79,6 +86,8 @@ def _find_story_file(env_id: str, env_config: EnvConfig) -> Path:
     if given.parent != Path("."):  # a path: used as given
         if given.is_file():
             return given
+        if given.is_dir():
+            raise UserError(f"{given} is a directory, not a story file; pass the game file itself (e.g. zork1.z5)")
         raise UserError(f"story file {given} does not exist")
     names = [env_id] if given.suffix.lower() in STORY_SUFFIXES else [env_id + suffix for suffix in STORY_SUFFIXES]
     dirs = game_dirs(env_config)
@@ -87,7 +96,10 @@ def _find_story_file(env_id: str, env_config: EnvConfig) -> Path:
             if (directory / name).is_file():
                 return directory / name
     if given.suffix.lower() in STORY_SUFFIXES:
-        searched = ", ".join(f"{d}{'' if d.is_dir() else ' (missing)'}" for d in dirs)
+        for directory in dirs:
+            if (directory / env_id).is_dir():
+                raise UserError(f"{directory / env_id} is a directory, not a story file; pass the game file itself (e.g. zork1.z5)")
+        searched = ", ".join(f"{d}{describe_missing_dir(d)}" for d in dirs)
         raise UserError(
             f"story file {env_id} not found; searched {searched}; put it in one of these, "
             f"or pass --game-dir DIR or set {GAME_DIR_VARIABLE}=DIR"
@@ -108,3 +120,28 @@ def open_game(env_id: str, env_config: EnvConfig) -> TextGame:
     from priorzero.envs.jericho_game import JerichoGame
 
     return JerichoGame(env_id, resolved.story_file, env_config.valid_commands)
+
+
+def require_valid_commands(env_config: EnvConfig, purpose: str) -> ResolvedGame:
+    """The game `env_config.env_id` names, refused up front unless it can list its valid commands.
+
+    Training, evaluation and every agent but a human pick among valid commands; Jericho lists them only for
+    the games it fully supports, and other games would end every episode after 0 steps. `purpose` names
+    what was refused ("training", "evaluation", "the random agent").
+    """
+    resolved = resolve(env_config.env_id, env_config)
+    if not env_config.valid_commands:
+        raise UserError(f"{purpose} needs the game's valid commands, and env.valid_commands is off; drop --set env.valid_commands=false")
+    if resolved.backend == "jericho":
+        frotz = open_frotz(resolved.story_file)
+        try:
+            supported = has_valid_commands(frotz)
+        finally:
+            frotz.close()
+        if not supported:
+            raise UserError(
+                f"Jericho does not fully support {resolved.story_file.name} (it cannot list its valid commands or read its score), "
+                f"so {purpose} cannot use it; pick a supported game ('priorzero games list' shows which have valid commands) "
+                f"or play it yourself with: priorzero play --agent human --env-id {env_config.env_id}"
+            )
+    return resolved

@@ -137,7 +137,7 @@ def _recommend(
 
 def _check_environment(gpus: Sequence[GpuStatus], environ: Mapping[str, str], problems: list[str], advice: list[str]) -> None:
     order = environ.get("CUDA_DEVICE_ORDER")
-    if order is None:
+    if order is None and gpus:  # with no GPU, CUDA's numbering does not matter
         advice.append("export CUDA_DEVICE_ORDER=PCI_BUS_ID so CUDA numbers GPUs like nvidia-smi (PriorZero sets it for its own processes)")
     elif order != "PCI_BUS_ID" and len(gpus) > 1:
         problems.append(f"CUDA_DEVICE_ORDER={order}: CUDA indices may not match nvidia-smi's; set CUDA_DEVICE_ORDER=PCI_BUS_ID")
@@ -273,6 +273,8 @@ def shell_lines(report: DoctorReport) -> list[str]:
     if rec is None:
         return ["# no recommendation: fix the problems `priorzero doctor` lists first"]
     if rec.nvml_index is None:
+        if not report.gpus:  # no GPU at all: CUDA's numbering does not matter
+            return [f"# {rec.reason}", "# no GPU: nothing to export"]
         return [f"# {rec.reason}", "export CUDA_DEVICE_ORDER=PCI_BUS_ID"]
     return [f"# {rec.reason}", f"export CUDA_VISIBLE_DEVICES={rec.nvml_index} CUDA_DEVICE_ORDER=PCI_BUS_ID"]
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from priorzero.config import build_config
+from priorzero.envs.registry import require_valid_commands
 from priorzero.errors import UserError
 from priorzero.train.checkpoint import load_checkpoint, resolve_checkpoint_path
 from priorzero.train.evaluator import AgentScore, evaluate
@@ -19,6 +20,7 @@ def trainer_from_checkpoint(path: Path, env_id: str | None = None, game_dir: Pat
         raise UserError(f"{source} is not a PriorZero training checkpoint")
     options = {key: value for key, value in (("env_id", env_id), ("game_dir", game_dir)) if value is not None}
     config = build_config(overrides=overrides, extra={"env": options}, base=stored_config(state).model_dump(mode="json"))
+    require_valid_commands(config.env, "evaluation")
     trainer = Trainer(config)
     try:
         trainer.load_state_dict(state, weights_only=True)

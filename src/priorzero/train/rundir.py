@@ -15,12 +15,13 @@ from __future__ import annotations
 import json
 import logging
 import math
+import tempfile
 from pathlib import Path
 from typing import Any
 
 from priorzero.config import Config, build_config, config_to_yaml
 from priorzero.errors import UserError
-from priorzero.fileio import write_bytes_atomic, write_json_atomic, write_text_atomic
+from priorzero.fileio import remove_stale_temp_files, write_bytes_atomic, write_json_atomic, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +34,8 @@ class RunDir:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self._writer = None
+        self._tensorboard = False  # start_logging turns it on; the writer itself opens at the first metrics
+        self._purge_step: int | None = None  # set on resume: TensorBoard hides the steps logged after it
         self._log_handler: logging.Handler | None = None
 
     @property
@@ -49,10 +52,11 @@ class RunDir:
 
     @staticmethod
     def check_new(path: Path) -> None:
-        """A new run may not reuse a directory that holds anything; it is left untouched."""
+        """A new run may not reuse a directory that holds anything (it is left untouched), and must be creatable."""
         path = Path(path)
         if path.exists() and (not path.is_dir() or any(path.iterdir())):
             raise UserError(f"run directory {path} already exists; pass --resume to continue it or --run-dir for a new one")
+        check_writable(path)
 
     @classmethod
     def create(cls, path: Path, config: Config) -> RunDir:
@@ -70,30 +74,42 @@ class RunDir:
         path = Path(path)
         if not (path / "config.yaml").is_file():
             raise UserError(f"cannot resume: {path} is not a run directory (no config.yaml)")
+        check_writable(path)
         stored = build_config(config_file=path / "config.yaml")
         differences = config_differences(stored, config)
         if differences:
             raise UserError(f"cannot resume {path}: config differs from the stored one in {', '.join(differences)}; use the same options")
-        return cls(path)
+        run = cls(path)
+        for directory in (run.path, run.checkpoint_dir):
+            for stale in remove_stale_temp_files(directory):
+                log.debug("removed %s, left by a writer that was killed", stale)
+        return run
 
     def start_logging(self) -> None:
-        from torch.utils.tensorboard import SummaryWriter
-
         self._log_handler = logging.FileHandler(self.path / "train.log")
         self._log_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         root = logging.getLogger()
         root.addHandler(self._log_handler)
         if root.level > logging.INFO or root.level == logging.NOTSET:
             root.setLevel(logging.INFO)
-        self._writer = SummaryWriter(log_dir=str(self.path))
+        self._tensorboard = True
+
+    def _tensorboard_writer(self):
+        """The TensorBoard writer, opened at the first metrics (so that a resume can set its purge step first)."""
+        if self._writer is None and self._tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._writer = SummaryWriter(log_dir=str(self.path), purge_step=self._purge_step)
+        return self._writer
 
     def log_metrics(self, env_steps: int, metrics: dict[str, float]) -> None:
         """One row of metrics at `env_steps`: to TensorBoard and to metrics.jsonl."""
         finite = {key: float(value) for key, value in metrics.items() if value is not None and math.isfinite(float(value))}
-        if self._writer is not None:
+        writer = self._tensorboard_writer()
+        if writer is not None:
             for key, value in finite.items():
-                self._writer.add_scalar(key, value, env_steps)
-            self._writer.flush()
+                writer.add_scalar(key, value, env_steps)
+            writer.flush()
         with self.metrics_path.open("a") as f:
             f.write(json.dumps({"env_steps": env_steps, **finite}) + "\n")
 
@@ -109,9 +125,17 @@ class RunDir:
         return rows
 
     def truncate_metrics(self, env_steps: int) -> None:
-        """Drop rows written after the checkpoint a resume starts from, so curves have no duplicates."""
+        """Drop rows written after the checkpoint a resume starts from, so curves have no duplicates.
+
+        TensorBoard's event files are append-only: the writer opened next marks a restart at `env_steps + 1`
+        (SummaryWriter's purge_step), and TensorBoard hides the earlier files' events from that step on.
+        """
         rows = [row for row in self.read_metrics() if row["env_steps"] <= env_steps]
         write_text_atomic(self.metrics_path, "".join(json.dumps(row) + "\n" for row in rows))
+        if self._writer is not None:  # opened before the resume point was known: start a new event file
+            self._writer.close()
+            self._writer = None
+        self._purge_step = env_steps + 1
 
     def write_summary(self, summary: dict[str, Any]) -> None:
         write_json_atomic(self.path / "summary.json", summary)
@@ -127,6 +151,21 @@ class RunDir:
             logging.getLogger().removeHandler(self._log_handler)
             self._log_handler.close()
             self._log_handler = None
+
+
+def check_writable(path: Path) -> None:
+    """UserError unless files can be created in `path` (or, if it does not exist yet, in its nearest existing parent)."""
+    path = Path(path)
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UserError(f"run directory {path}: {existing} is not a directory; pass --run-dir DIR")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as exc:
+        raise UserError(f"run directory {path} cannot be written ({existing}: {exc.strerror}); pass --run-dir DIR somewhere writable") from None
 
 
 # Keys that may change between a run and its resume: how long it runs, not what it does.
