@@ -22,7 +22,7 @@ BENCHMARKS: dict[str, dict[str, str]] = {
     },
     "mcts": {"mcts": "Time the batched search over a random-weight world model and its share of tree bookkeeping."},
     "encoders": {"encoders": "Compare the sentence encoder with the language model's hidden state: paraphrase retrieval and speed (CPU)."},
-    "envs": {"envs": "Environment steps per second: each backend, with and without valid commands, in-process and in the pool."},
+    "envs": {"envs": "Environment steps per second: each backend, with and without valid commands, in-process and in the pool;\nwith --games, each Jericho game's ceiling with and without the shared valid-command cache."},
     "lm_update": {"lm-update": "Time one LM update per micro-batch size (after a warm-up update); report the median."},
     "train": {"train": "Train for a fixed number of environment steps in each collection mode; steps/s, wait shares, GPU use."},
 }

@@ -46,6 +46,10 @@ def play(
         raise UserError(f"unknown agent {agent!r}; choose one of: {', '.join(AGENT_NAMES)}")
     overrides = list(set_ or []) + ([f"env.max_episode_steps={steps}"] if steps else [])
     resolved = resolve_config(preset, False, config, overrides, env_id, game_dir, seed)
+    if agent != "human":
+        from priorzero.envs.registry import require_valid_commands
+
+        require_valid_commands(resolved.env, f"the {agent} agent")  # a game that lists none: one line, before anything starts
     player = _make_agent(agent, checkpoint, resolved, overrides, env_id, game_dir)
     show_transcript = agent == "human" or not json_output
     with GamePool([resolved.env.env_id], resolved.env) as pool:

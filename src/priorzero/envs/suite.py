@@ -20,6 +20,7 @@ from pathlib import Path
 from filelock import FileLock
 
 from priorzero import paths
+from priorzero.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +105,10 @@ def _generate_into_place(game: SuiteGame, path: Path) -> None:
         _, make, _ = textworld.challenges.CHALLENGES[game.challenge]
         with warnings.catch_warnings():  # TextWorld checks its walkthrough through Jericho, which warns about .z8 files
             warnings.simplefilter("ignore")
-            compiled = Path(compile_game(make(settings=settings, options=options), options))
+            try:
+                compiled = Path(compile_game(make(settings=settings, options=options), options))
+            except textworld.generator.CouldNotCompileGameError as exc:
+                raise UserError(f"could not generate {game.name}: TextWorld's compiler failed ({str(exc).strip().splitlines()[0][:160] if str(exc).strip() else 'no message'}); check the free space in {path.parent}") from None
         # Same filesystem, so each rename is atomic; the .z8 goes last because it marks a finished game.
         os.replace(compiled.with_suffix(".json"), path.with_suffix(".json"))
         os.replace(compiled, path)

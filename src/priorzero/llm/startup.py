@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Callable
 
 import torch
@@ -75,7 +75,8 @@ def start_prior(config: Config, nvml: Any = None, sleep: Callable[[float], None]
     started = start_engine(factory, plan.lm_candidates, StartPolicy.from_config(config.gpu), fallback=fallback, nvml=nvml, sleep=sleep, clock=clock)
     backend = started.engine
     lm_place = started.placement or plan.lm  # the fallback starts on the best GPU
-    train_place = plan.train if plan.train.device != plan.lm.device else lm_place  # the trainer follows the LM's GPU
+    # the trainer sharing the LM's GPU follows it there (a retry may have moved it), with its own budget or none
+    train_place = plan.train if plan.train.device != plan.lm.device else replace(plan.train, device=lm_place.device, gpu=lm_place.gpu)
     lm_device, train_device = torch.device(lm_place.device), torch.device(train_place.device)
     if backend.name == "hf":
         trainable, token_budget = backend.lm, backend.token_budget
@@ -94,7 +95,7 @@ def start_prior(config: Config, nvml: Any = None, sleep: Callable[[float], None]
         "budgets": {
             "lm_bytes": lm_place.budget_bytes,
             "lm_asked": llm.gpu_memory,
-            "train_bytes": train_place.budget_bytes if train_place.device != lm_place.device or config.gpu.train_memory else None,
+            "train_bytes": train_place.budget_bytes,
             "train_asked": config.gpu.train_memory,
             "allocator_caps_bytes": caps,
         },

@@ -12,6 +12,12 @@ from priorzero.train.evaluator import AgentScore, evaluate
 from priorzero.train.loop import CHECKPOINT_FORMAT, Trainer, stored_config
 
 
+# Settings that decide the shapes and names of the checkpoint's weights.
+WEIGHT_SHAPING_KEYS = [("model", key) for key in ("latent_dim", "num_layers", "num_heads", "support_size")] + [
+    ("llm", "model"), ("train", "lm_finetune"), ("train", "lora_rank"),
+]
+
+
 def trainer_from_checkpoint(path: Path, env_id: str | None = None, game_dir: Path | None = None, overrides: list[str] = ()) -> Trainer:
     """A Trainer holding the checkpoint's models, under the run's config changed by the given options."""
     source = resolve_checkpoint_path(path)
@@ -19,7 +25,11 @@ def trainer_from_checkpoint(path: Path, env_id: str | None = None, game_dir: Pat
     if state.get("format") != CHECKPOINT_FORMAT:
         raise UserError(f"{source} is not a PriorZero training checkpoint")
     options = {key: value for key, value in (("env_id", env_id), ("game_dir", game_dir)) if value is not None}
-    config = build_config(overrides=overrides, extra={"env": options}, base=stored_config(state).model_dump(mode="json"))
+    stored = stored_config(state)
+    config = build_config(overrides=overrides, extra={"env": options}, base=stored.model_dump(mode="json"))
+    changed = [f"{section}.{key}" for section, key in WEIGHT_SHAPING_KEYS if getattr(getattr(config, section), key) != getattr(getattr(stored, section), key)]
+    if changed:  # known before any model loads
+        raise UserError(f"checkpoint {source} does not match the config ({', '.join(changed)} changed); drop the --set options that change the models")
     require_valid_commands(config.env, "evaluation")
     trainer = Trainer(config)
     try:
