@@ -83,7 +83,8 @@ def play_episode(games, agent, seed: int, show_transcript: bool, limit: int) -> 
     """Reset, then step until the game ends, the step limit truncates it, or the player stops."""
     from priorzero.train.episodes import NO_COMMANDS, EpisodeLoop
 
-    with Progress(console=Console(stderr=True), transient=True, disable=show_transcript) as progress:
+    console = Console(stderr=True)
+    with Progress(console=console, transient=True, disable=show_transcript or not console.is_terminal) as progress:
         task = progress.add_task(f"playing {games.env_ids[0]}", total=limit)
 
         def on_step(episode, decision, command: str, result) -> None:
