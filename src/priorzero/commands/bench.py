@@ -7,7 +7,7 @@ import typer
 
 bench_app = typer.Typer(help="Measure PriorZero's hot paths; prints a table and, with --json, one JSON object.", no_args_is_help=True)
 
-BENCHMARKS: list[str] = ["startup", "prior", "mcts", "encoders", "envs", "lm_update"]  # module names under priorzero.bench, e.g. "prior"
+BENCHMARKS: list[str] = ["startup", "prior", "mcts", "encoders", "envs", "lm_update", "agents"]  # module names under priorzero.bench, e.g. "prior"
 
 
 def register(app: typer.Typer) -> None:
