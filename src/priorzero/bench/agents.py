@@ -29,13 +29,16 @@ import shutil
 import statistics
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, Callable
 
 import typer
 
 from priorzero.cli import ConfigFileOpt, GameDirOpt, PresetOpt, SetOpt, VerboseOpt, setup_logging
 from priorzero.config import Config, EnvConfig
 from priorzero.errors import UserError
+
+if TYPE_CHECKING:
+    from priorzero.train.evaluator import AgentScore
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +159,7 @@ def train_to(config: Config, run_dir: Path) -> int:
     return reached
 
 
-def agent_record(score: Any) -> dict[str, Any]:
+def agent_record(score: AgentScore) -> dict[str, Any]:
     """One agent's evaluation at one point: raw scores per episode and their summary."""
     scores = [float(r["score"]) for r in score.results]
     max_scores = {r["max_score"] for r in score.results if r["max_score"] is not None}
@@ -175,8 +178,8 @@ def agent_record(score: Any) -> dict[str, Any]:
 
 
 def run_game_seed(
-    game: str, seed: int, targets: list[int], out: Path, build: Any, eval_episodes: int, eval_steps: int | None,
-    on_point: Any,
+    game: str, seed: int, targets: list[int], out: Path, build: Callable[[str, int, int], Config], eval_episodes: int,
+    eval_steps: int | None, on_point: Callable[[], None],
 ) -> None:
     """Every point of one (game, seed) that has no file yet: train to its target, evaluate, write the file."""
     from priorzero.envs.game_settings import game_settings
@@ -186,7 +189,7 @@ def run_game_seed(
     run_dir = out / "runs" / game_slug(game) / f"seed-{seed}"
     for k, target in enumerate(targets, start=1):
         point_path = out / "points" / game_slug(game) / f"seed-{seed}" / f"point-{k}.json"
-        config: Config = build(game, seed, target)
+        config = build(game, seed, target)
         limit = eval_steps or game_settings(game).eval_max_episode_steps or config.env.max_episode_steps
         identity = {"config": comparable(config), "eval_episodes": eval_episodes, "eval_max_episode_steps": limit, "target_env_steps": target}
         if point_path.is_file():
@@ -398,11 +401,6 @@ def bench_agents(
     seed_list = parse_seeds(seeds)
     base_extra: dict[str, Any] = {"env": {"game_dir": game_dir}} if game_dir is not None else {}
     base = build_game_config(preset, config, set_ or [], base_extra)  # bad options fail here, before any work
-    budget = env_steps or base.train.max_env_steps
-    if budget is None:
-        raise UserError("no budget: pass --env-steps N (or set train.max_env_steps in the config)")
-    if budget < eval_points:
-        raise UserError(f"--env-steps {budget} is below --eval-points {eval_points}")
     if games:
         game_list = [g.strip() for g in games.split(",") if g.strip()]
     elif games_file:
@@ -415,6 +413,11 @@ def bench_agents(
         ok, why = trainable(game, base.env)
         if not ok:
             raise UserError(f"{game} cannot be trained on: {why or 'it lists no valid commands'}")
+    budget = env_steps or base.train.max_env_steps
+    if budget is None:
+        raise UserError("no budget: pass --env-steps N (or set train.max_env_steps in the config)")
+    if budget < eval_points:
+        raise UserError(f"--env-steps {budget} is below --eval-points {eval_points}")
     targets = point_targets(budget, eval_points)
 
     def build(game: str, seed: int, target: int) -> Config:
