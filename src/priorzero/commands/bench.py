@@ -24,6 +24,7 @@ BENCHMARKS: dict[str, dict[str, str]] = {
     "encoders": {"encoders": "Compare the sentence encoder with the language model's hidden state: paraphrase retrieval and speed (CPU)."},
     "envs": {"envs": "Environment steps per second: each backend, with and without valid commands, in-process and in the pool;\nwith --games, each Jericho game's ceiling with and without the shared valid-command cache."},
     "lm_update": {"lm-update": "Time one LM update per micro-batch size (after a warm-up update); report the median."},
+    "agents": {"agents": "Train each (game, seed) for --env-steps and score random, llm, wm and priorzero at --eval-points points.\n\nWrites results.json, results.md and one learning-curve PNG per game into --out, with bench.log; a killed\nsuite resumes where it stopped when run again with the same --out."},
     "train": {"train": "Train for a fixed number of environment steps in each collection mode; steps/s, wait shares, GPU use."},
 }
 

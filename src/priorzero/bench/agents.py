@@ -1,0 +1,468 @@
+"""`priorzero bench agents`: train on each (game, seed) for a budget of environment steps and score the agents
+`random`, `llm`, `wm` and `priorzero` at evenly spaced points along the way.
+
+For each (game, seed), point k of P is at ceil(k * budget / P) environment steps: the run trains until it reaches
+that many (`run_training` with `train.max_env_steps`; from point 2 on it resumes its own checkpoint), then all four
+agents play `--eval-episodes` episodes each from that checkpoint (`evaluate_checkpoint`; evaluation seeds are
+apart from training's, see train/evaluator.py), under the game's evaluation step limit (envs/game_settings.py,
+or `--eval-steps`). A run stops after the iteration that reaches the target, so the steps reached are a little
+above it; they are what is reported.
+
+    <out>/
+      bench.log                        everything logged, training included
+      runs/<game>/seed-<s>/            each run's directory (config, train.log, checkpoints, metrics)
+      points/<game>/seed-<s>/point-<k>.json   one finished evaluation, written atomically
+      results.json, results.md         the aggregate, rewritten after every point
+      curves-<game>.png                score against environment steps, one line per agent, spread shaded
+
+A rerun with the same --out skips every point that has its file and resumes a half-trained run from its last
+checkpoint; it must resolve to the same config (a point file that differs says so and stops).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+import shutil
+import statistics
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Callable
+
+import typer
+
+from priorzero.cli import ConfigFileOpt, GameDirOpt, PresetOpt, SetOpt, VerboseOpt, setup_logging
+from priorzero.config import Config, EnvConfig
+from priorzero.errors import UserError
+
+if TYPE_CHECKING:
+    from priorzero.train.evaluator import AgentScore
+
+log = logging.getLogger(__name__)
+
+AGENTS = ("random", "llm", "wm", "priorzero")
+RESULTS_FORMAT = 1
+
+
+# ---- what to run ----
+
+
+def parse_seeds(text: str) -> list[int]:
+    try:
+        seeds = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise UserError(f"--seeds expects comma-separated integers, got {text!r}") from None
+    if not seeds or min(seeds) < 0 or len(set(seeds)) != len(seeds):
+        raise UserError(f"--seeds expects distinct non-negative integers, got {text!r}")
+    return seeds
+
+
+def read_games_file(path: Path) -> list[str]:
+    """One env id per line; blank lines and lines starting with '#' are skipped."""
+    try:
+        lines = path.read_text().splitlines()
+    except OSError as exc:
+        raise UserError(f"--games-file {path}: {exc.strerror or exc}") from None
+    games = [line.strip() for line in lines if line.strip() and not line.strip().startswith("#")]
+    if not games:
+        raise UserError(f"--games-file {path} names no games")
+    return games
+
+
+def trainable(env_id: str, env: EnvConfig) -> tuple[bool, str]:
+    """Whether a game can be trained on (it exists and lists valid commands); else why not."""
+    from priorzero.commands.games import story_row
+    from priorzero.envs import registry, suite
+
+    resolved = registry.resolve(env_id, env, generate=False)  # UserError for an unknown game
+    if env_id in suite.SUITE_BY_NAME:
+        return True, ""
+    row = story_row(resolved.story_file)
+    return row.valid_commands, row.note
+
+
+def default_games(env: EnvConfig) -> list[str]:
+    """The TextWorld suite, then every story file in the game directories that lists valid commands."""
+    from priorzero.commands.games import story_row
+    from priorzero.envs import registry, suite
+
+    games = [game.name for game in suite.SUITE]
+    for path in registry.story_files(env):
+        row = story_row(path)
+        if row.ready and row.valid_commands:
+            games.append(path.name)
+        else:
+            log.info("default suite: skipping %s (%s)", path.name, row.note or "no valid commands")
+    return games
+
+
+def point_targets(env_steps: int, points: int) -> list[int]:
+    return [math.ceil(env_steps * k / points) for k in range(1, points + 1)]
+
+
+def game_slug(env_id: str) -> str:
+    """A file-name-safe form of an env id (a path keeps its file name)."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", Path(env_id).name)
+
+
+def comparable(config: Config) -> dict[str, Any]:
+    """The config as JSON, without what differs between points of one run (its length, its directory)."""
+    data = json.loads(config.model_dump_json())
+    data["train"].pop("max_env_steps", None)
+    data["run"].pop("run_dir", None)
+    return data
+
+
+# ---- one (game, seed) ----
+
+
+class Stopped(Exception):
+    """A training segment did not finish (Ctrl-C, or an error it reported by its exit code)."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__(code)
+        self.code = code
+
+
+def reached_env_steps(run_dir: Path) -> int | None:
+    """Environment steps of the run's last finished segment (its summary.json), None if there is none."""
+    path = run_dir / "summary.json"
+    if not path.is_file():
+        return None
+    summary = json.loads(path.read_text())
+    if summary.get("interrupted"):
+        return None
+    return int(summary["counters"]["env_steps"])
+
+
+def train_to(config: Config, run_dir: Path) -> int:
+    """Train (or resume) the run until it reaches config.train.max_env_steps; the steps it reached."""
+    from priorzero.train.loop import run_training
+
+    target = config.train.max_env_steps
+    assert target is not None
+    reached = reached_env_steps(run_dir)
+    if reached is not None and reached >= target:
+        return reached
+    resume = (run_dir / "checkpoints" / "latest.pt").is_file()
+    if not resume and run_dir.exists():  # killed before its first checkpoint: nothing worth keeping
+        shutil.rmtree(run_dir)
+    log.info("%s: training to %d environment steps (%s)", run_dir, target, "resuming" if resume else "new run")
+    code = run_training(config, run_dir=run_dir, resume=resume)
+    if code != 0:
+        raise Stopped(code)
+    reached = reached_env_steps(run_dir)
+    if reached is None:
+        raise UserError(f"{run_dir}: training ended without a summary.json holding counters.env_steps")
+    return reached
+
+
+def agent_record(score: AgentScore) -> dict[str, Any]:
+    """One agent's evaluation at one point: raw scores per episode and their summary."""
+    scores = [float(r["score"]) for r in score.results]
+    max_scores = {r["max_score"] for r in score.results if r["max_score"] is not None}
+    return {
+        "episodes": len(scores),
+        "eval_seeds": [int(r["seed"]) for r in score.results],  # from EVAL_SEED_OFFSET, apart from training's
+        "scores": scores,
+        "steps": [int(r["steps"]) for r in score.results],
+        "won": [bool(r["won"]) for r in score.results],
+        "max_score": max(max_scores) if max_scores else None,
+        "mean_score": statistics.fmean(scores) if scores else 0.0,
+        "normalised_score": score.normalised_score,
+        "win_rate": score.win_rate,
+        "mean_steps": score.mean_steps,
+    }
+
+
+def run_game_seed(
+    game: str, seed: int, targets: list[int], out: Path, build: Callable[[str, int, int], Config], eval_episodes: int,
+    eval_steps: int | None, on_point: Callable[[], None],
+) -> None:
+    """Every point of one (game, seed) that has no file yet: train to its target, evaluate, write the file."""
+    from priorzero.envs.game_settings import game_settings
+    from priorzero.fileio import write_json_atomic
+    from priorzero.train.evaluate_checkpoint import evaluate_checkpoint
+
+    run_dir = out / "runs" / game_slug(game) / f"seed-{seed}"
+    for k, target in enumerate(targets, start=1):
+        point_path = out / "points" / game_slug(game) / f"seed-{seed}" / f"point-{k}.json"
+        config = build(game, seed, target)
+        limit = eval_steps or game_settings(game).eval_max_episode_steps or config.env.max_episode_steps
+        identity = {"config": comparable(config), "eval_episodes": eval_episodes, "eval_max_episode_steps": limit, "target_env_steps": target}
+        if point_path.is_file():
+            done = json.loads(point_path.read_text())
+            differing = sorted(key for key in identity if done.get(key) != identity[key])
+            if differing:
+                raise UserError(f"{point_path} was made with other settings ({', '.join(differing)}); use a new --out or the same options")
+            log.info("%s seed %d point %d/%d: done before (%d environment steps), skipped", game, seed, k, len(targets), done["env_steps"])
+            continue
+        started = time.monotonic()
+        reached = train_to(config, run_dir)
+        trained = time.monotonic()
+        log.info("%s seed %d point %d/%d: evaluating %s at %d environment steps, %d episodes of at most %d steps",
+                 game, seed, k, len(targets), ", ".join(AGENTS), reached, eval_episodes, limit)
+        scores = evaluate_checkpoint(run_dir, list(AGENTS), eval_episodes, overrides=[f"env.max_episode_steps={limit}"])
+        agents = {name: agent_record(scores[name]) for name in AGENTS}
+        point = {
+            "format": RESULTS_FORMAT, "game": game, "seed": seed, "point": k, "points": len(targets), "env_steps": reached,
+            "max_episode_steps": config.env.max_episode_steps, "agents": agents,
+            "seconds": {"train": round(trained - started, 1), "eval": round(time.monotonic() - trained, 1)}, **identity,
+        }
+        write_json_atomic(point_path, point)
+        log.info("%s seed %d point %d/%d at %d steps: %s", game, seed, k, len(targets), reached,
+                 ", ".join(f"{name} {a['mean_score']:g} ({a['normalised_score']:.2f})" for name, a in agents.items()))
+        on_point()
+
+
+# ---- the aggregate ----
+
+
+def _spread(values: list[float]) -> dict[str, float]:
+    return {
+        "mean": statistics.fmean(values),
+        "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+        "min": min(values),
+        "max": max(values),
+    }
+
+
+def aggregate(out: Path, games: list[str], seeds: list[int], targets: list[int], settings: dict[str, Any]) -> dict[str, Any]:
+    """results.json's object, from the point files on disk (whatever is done so far)."""
+    per_game: dict[str, Any] = {}
+    complete = True
+    for game in games:
+        points = []
+        for k, target in enumerate(targets, start=1):
+            files = [out / "points" / game_slug(game) / f"seed-{seed}" / f"point-{k}.json" for seed in seeds]
+            done = [json.loads(path.read_text()) for path in files if path.is_file()]
+            complete &= len(done) == len(seeds)
+            if not done:
+                continue
+            agents = {}
+            for name in AGENTS:
+                records = [point["agents"][name] for point in done]
+                episodes = [s for record in records for s in record["scores"]]
+                agents[name] = {
+                    "score": _spread([record["mean_score"] for record in records]),  # over seeds, of each seed's mean
+                    "normalised_score": _spread([record["normalised_score"] for record in records]),
+                    "win_rate": statistics.fmean(record["win_rate"] for record in records),
+                    "episode_score_std": statistics.stdev(episodes) if len(episodes) > 1 else 0.0,
+                    "episodes": len(episodes),
+                }
+            max_scores = {point["agents"][name]["max_score"] for point in done for name in AGENTS} - {None}
+            points.append({
+                "point": k, "target_env_steps": target, "seeds": [point["seed"] for point in done],
+                "env_steps": _spread([float(point["env_steps"]) for point in done]),
+                "max_score": max(max_scores) if max_scores else None,
+                "max_episode_steps": done[0]["max_episode_steps"], "eval_max_episode_steps": done[0]["eval_max_episode_steps"],
+                "agents": agents,
+            })
+        per_game[game] = {"points": points, "final": points[-1] if points else None}
+    return {"format": RESULTS_FORMAT, "complete": complete, "settings": settings, "games": per_game}
+
+
+def _cell(spread: dict[str, float], digits: int) -> str:
+    return f"{spread['mean']:.{digits}f} ± {spread['std']:.{digits}f}"
+
+
+def render_markdown(results: dict[str, Any]) -> str:
+    settings = results["settings"]
+    lines = [
+        "# priorzero bench agents",
+        "",
+        f"Budget {settings['env_steps']:,} environment steps per run, {settings['eval_points']} evaluation points, "
+        f"seeds {', '.join(map(str, settings['seeds']))}, {settings['eval_episodes']} evaluation episodes per agent, "
+        f"point and seed; preset {settings['preset'] or '(defaults)'}"
+        + (f", config {settings['config']}" if settings["config"] else "")
+        + (f", --set {' '.join(settings['overrides'])}" if settings["overrides"] else "")
+        + ("." if results["complete"] else ". **Incomplete: some points are not done yet.**"),
+        "",
+        "Score: the game's raw score, mean over seeds of each seed's mean over its episodes, ± the standard deviation "
+        "over seeds (min–max over seeds beside it); normalised = score / max score. Environment steps: those the runs "
+        "reached at the last point (mean over seeds).",
+        "",
+        "| game | agent | score | min–max | max score | normalised | win rate | env steps | seeds × episodes |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for game, data in results["games"].items():
+        final = data["final"]
+        if final is None:
+            lines.append(f"| {game} | (not started) | | | | | | | |")
+            continue
+        max_score = "-" if final["max_score"] is None else f"{final['max_score']:g}"
+        for name in AGENTS:
+            agent = final["agents"][name]
+            score = agent["score"]
+            lines.append(
+                f"| {game} | {name} | {_cell(score, 2)} | {score['min']:g}–{score['max']:g} | {max_score} | "
+                f"{_cell(agent['normalised_score'], 3)} | {agent['win_rate']:.2f} | {final['env_steps']['mean']:,.0f} | "
+                f"{len(final['seeds'])} × {agent['episodes'] // max(1, len(final['seeds']))} |"
+            )
+    for game, data in results["games"].items():
+        if not data["points"]:
+            continue
+        first = data["points"][0]
+        lines += [
+            "",
+            f"## {game}",
+            "",
+            f"Training episodes of at most {first['max_episode_steps']} steps, evaluation episodes of at most "
+            f"{first['eval_max_episode_steps']}; raw score ± std over seeds at each point; curves in "
+            f"curves-{game_slug(game)}.png.",
+            "",
+            "| point | env steps | " + " | ".join(AGENTS) + " |",
+            "| --- | --- | " + " | ".join("---" for _ in AGENTS) + " |",
+        ]
+        for point in data["points"]:
+            cells = " | ".join(_cell(point["agents"][name]["score"], 2) for name in AGENTS)
+            lines.append(f"| {point['point']} | {point['env_steps']['mean']:,.0f} | {cells} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_game(game: str, data: dict[str, Any], seeds: int) -> bytes:
+    """Raw score against environment steps, one line per agent; shaded ± std over seeds (over episodes for one seed)."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    points = data["points"]
+    xs = [point["env_steps"]["mean"] for point in points]
+    for name in AGENTS:
+        means = [point["agents"][name]["score"]["mean"] for point in points]
+        if seeds > 1:
+            spreads = [point["agents"][name]["score"]["std"] for point in points]
+        else:
+            spreads = [point["agents"][name]["episode_score_std"] for point in points]
+        (line,) = ax.plot(xs, means, marker="o", label=name)
+        ax.fill_between(xs, [m - s for m, s in zip(means, spreads)], [m + s for m, s in zip(means, spreads)], color=line.get_color(), alpha=0.15)
+    max_score = points[-1]["max_score"] if points else None
+    if max_score:
+        ax.axhline(max_score, color="grey", linestyle="--", linewidth=1, label=f"max score {max_score:g}")
+    ax.set_title(f"{game}: shaded ± std over {f'{seeds} seeds' if seeds > 1 else 'episodes (1 seed)'}", fontsize=10)
+    ax.set_xlabel("environment steps")
+    ax.set_ylabel("score (raw)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def write_results(out: Path, games: list[str], seeds: list[int], targets: list[int], settings: dict[str, Any]) -> dict[str, Any]:
+    from priorzero.fileio import write_bytes_atomic, write_json_atomic, write_text_atomic
+
+    results = aggregate(out, games, seeds, targets, settings)
+    write_json_atomic(out / "results.json", results)
+    write_text_atomic(out / "results.md", render_markdown(results))
+    for game, data in results["games"].items():
+        if data["points"]:
+            write_bytes_atomic(out / f"curves-{game_slug(game)}.png", plot_game(game, data, len(seeds)))
+    return results
+
+
+# ---- the command ----
+
+
+def bench_agents(
+    games: Annotated[str | None, typer.Option("--games", help="Comma-separated env ids (default: the TextWorld suite and the Jericho games found).")] = None,
+    games_file: Annotated[Path | None, typer.Option("--games-file", help="File with one env id per line ('#' starts a comment).")] = None,
+    seeds: Annotated[str, typer.Option("--seeds", help="Comma-separated training seeds.")] = "0,1,2",
+    env_steps: Annotated[int | None, typer.Option("--env-steps", min=1, help="Budget per run in environment steps (default: the config's train.max_env_steps).")] = None,
+    eval_points: Annotated[int, typer.Option("--eval-points", min=1, help="Evaluations along the budget, evenly spaced (5: every 20%).")] = 5,
+    eval_episodes: Annotated[int, typer.Option("--eval-episodes", min=1, help="Episodes per agent at each point and seed.")] = 10,
+    eval_steps: Annotated[int | None, typer.Option("--eval-steps", min=1, help="Step limit of evaluation episodes (default: the game's entry in envs/game_settings.py, else the run's).")] = None,
+    game_dir: GameDirOpt = None,
+    out: Annotated[Path, typer.Option("--out", help="Output directory; a rerun with the same one resumes.")] = Path("runs/bench-agents"),
+    preset: PresetOpt = None,
+    config: ConfigFileOpt = None,
+    set_: SetOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the results object as one JSON line, last.")] = False,
+    verbose: VerboseOpt = False,
+) -> int:
+    """Train each (game, seed) for --env-steps and score random, llm, wm and priorzero at --eval-points points.
+
+    Writes results.json, results.md and one learning-curve PNG per game into --out, with bench.log; a killed
+    suite resumes where it stopped when run again with the same --out.
+    """
+    from priorzero.envs.game_settings import build_game_config
+
+    setup_logging(verbose)
+    if games and games_file:
+        raise UserError("give --games or --games-file, not both")
+    seed_list = parse_seeds(seeds)
+    base_extra: dict[str, Any] = {"env": {"game_dir": game_dir}} if game_dir is not None else {}
+    base = build_game_config(preset, config, set_ or [], base_extra)  # bad options fail here, before any work
+    if games:
+        game_list = [g.strip() for g in games.split(",") if g.strip()]
+    elif games_file:
+        game_list = read_games_file(games_file)
+    else:
+        game_list = default_games(base.env)
+    if len(set(game_list)) != len(game_list) or not game_list:
+        raise UserError(f"the games must be distinct and at least one, got {', '.join(game_list) or 'none'}")
+    for game in game_list:
+        ok, why = trainable(game, base.env)
+        if not ok:
+            raise UserError(f"{game} cannot be trained on: {why or 'it lists no valid commands'}")
+    budget = env_steps or base.train.max_env_steps
+    if budget is None:
+        raise UserError("no budget: pass --env-steps N (or set train.max_env_steps in the config)")
+    if budget < eval_points:
+        raise UserError(f"--env-steps {budget} is below --eval-points {eval_points}")
+    targets = point_targets(budget, eval_points)
+
+    def build(game: str, seed: int, target: int) -> Config:
+        extra = {
+            "env": {**base_extra.get("env", {}), "env_id": game},
+            "run": {"seed": seed},
+            # The bench evaluates by itself; the runs' own final evaluation would only cost time.
+            "train": {"max_env_steps": target, "eval_agents": []},
+        }
+        return build_game_config(preset, config, set_ or [], extra)
+
+    settings = {
+        "games": game_list, "seeds": seed_list, "env_steps": budget, "eval_points": eval_points, "targets": targets,
+        "eval_episodes": eval_episodes, "eval_steps": eval_steps, "preset": preset, "config": str(config) if config else None,
+        "overrides": list(set_ or []), "agents": list(AGENTS),
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(out / "bench.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(min(root.level or logging.INFO, logging.INFO))
+    try:
+        log.info("bench agents: %d games x %d seeds, points at %s environment steps, out %s",
+                 len(game_list), len(seed_list), ", ".join(map(str, targets)), out)
+        write_results(out, game_list, seed_list, targets, settings)
+        for game in game_list:
+            for seed in seed_list:
+                run_game_seed(game, seed, targets, out, build, eval_episodes, eval_steps,
+                              on_point=lambda: write_results(out, game_list, seed_list, targets, settings))
+        results = write_results(out, game_list, seed_list, targets, settings)
+        log.info("done: %s, %s", out / "results.json", out / "results.md")
+    except Stopped as stopped:
+        log.warning("stopped (training exited %d); run the same command again to resume", stopped.code)
+        write_results(out, game_list, seed_list, targets, settings)
+        return stopped.code
+    finally:
+        root.removeHandler(handler)
+        handler.close()
+    if as_json:
+        typer.echo(json.dumps(results))
+    else:
+        typer.echo(render_markdown(results))
+    return 0
+
+
+def register(bench_app: typer.Typer) -> None:
+    bench_app.command("agents")(bench_agents)

@@ -1,0 +1,139 @@
+"""`priorzero bench agents` end to end through the real CLI on the default TextWorld game, on a tiny budget (the
+embedded language model, the game in worker processes, the world model and the search, all real): killed after its
+first point, run again, it keeps that point, resumes the run's checkpoint and finishes with results.json,
+results.md and the curve. Also the per-game settings table (envs/game_settings.py) and its precedence.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from priorzero.envs.game_settings import build_game_config, game_settings
+
+GAME = "tw-coin_collector-l5-s1"
+AGENTS = {"random", "llm", "wm", "priorzero"}
+# Two game slots, 2-step episodes, 4 simulations: an iteration is 4 environment steps; 2 evaluation episodes are one round.
+TINY = {
+    "env": {"num_envs": 2, "max_episode_steps": 2},
+    "llm": {"history_steps": 1, "prompt_tokens": 384},
+    "search": {"num_simulations": 4},
+    "train": {"wm_updates_per_iter": 2, "wm_batch_size": 4, "lm_updates_per_iter": 1, "lm_batch_size": 2, "lm_micro_batch": 2},
+}
+
+
+def cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "priorzero.cli", *args]
+
+
+# ---- per-game settings ----
+
+
+def test_story_files_get_100_step_episodes_over_the_preset_and_an_explicit_setting_wins(tmp_path):
+    assert game_settings("zork1.z5").max_episode_steps == 100 and game_settings("zork1.z5").eval_max_episode_steps == 100
+    assert game_settings(GAME).max_episode_steps is None  # no row: the preset decides
+    quick_jericho = build_game_config("quick", None, [], {"env": {"env_id": "detective.z5"}})
+    assert quick_jericho.env.max_episode_steps == 100 and quick_jericho.env.num_envs == 8  # the rest of the preset stays
+    assert build_game_config("quick", None, [], {"env": {"env_id": GAME}}).env.max_episode_steps == 20
+    explicit = build_game_config("quick", None, ["env.max_episode_steps=7"], {"env": {"env_id": "detective.z5"}})
+    assert explicit.env.max_episode_steps == 7
+    config_file = tmp_path / "c.yaml"
+    config_file.write_text(yaml.safe_dump({"env": {"env_id": "detective.z5", "max_episode_steps": 30}}))
+    assert build_game_config("full", config_file).env.max_episode_steps == 30
+
+
+def test_default_suite_is_the_textworld_suite_and_the_jericho_games_with_valid_commands(jericho_dir):
+    from priorzero.bench.agents import default_games
+    from priorzero.config import EnvConfig
+    from priorzero.envs import suite
+
+    games = default_games(EnvConfig(game_dir=jericho_dir))
+    assert games[: len(suite.SUITE)] == [game.name for game in suite.SUITE]
+    assert "detective.z5" in games
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["--games", "nope-game"], "unknown env id 'nope-game'"),
+        (["--games", GAME, "--games-file", "{missing}"], "not both"),
+        (["--games-file", "{missing}"], "--games-file"),
+        (["--games", GAME, "--seeds", "0,x"], "--seeds expects"),
+        (["--games", GAME, "--env-steps", "2", "--eval-points", "3"], "below --eval-points"),
+    ],
+)
+def test_bad_input_is_one_line(tmp_path, args, expected):
+    args = [a.format(missing=tmp_path / "missing.txt") for a in args]
+    result = subprocess.run(cli("bench", "agents", "--out", str(tmp_path / "out"), *args), capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and expected in result.stderr, result.stderr
+
+
+# ---- the command, end to end ----
+
+
+@pytest.mark.slow
+def test_killed_suite_resumes_without_redoing_finished_points(tmp_path):
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(TINY))
+    out = tmp_path / "bench"
+    args = cli("bench", "agents", "--games", GAME, "--seeds", "0", "--env-steps", "8", "--eval-points", "2",
+               "--eval-episodes", "2", "--preset", "quick", "--config", str(config), "--out", str(out), "--json")
+    first_point = out / "points" / GAME / "seed-0" / "point-1.json"
+    # Its own session, so that the kill takes the game workers with it, as a killed job's would.
+    process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 600
+        while not first_point.is_file():
+            assert process.poll() is None, process.communicate()[1][-3000:]
+            assert time.monotonic() < deadline, "no first point within 10 minutes"
+            time.sleep(0.2)
+        os.killpg(process.pid, signal.SIGKILL)
+        process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    assert not (out / "points" / GAME / "seed-0" / "point-2.json").exists(), "the kill came too late to test resuming"
+    first_bytes, first_mtime = first_point.read_bytes(), first_point.stat().st_mtime_ns
+    assert json.loads((out / "results.json").read_text())["complete"] is False  # written at the start, and after each point
+
+    result = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert first_point.read_bytes() == first_bytes and first_point.stat().st_mtime_ns == first_mtime  # not redone
+    log = (out / "bench.log").read_text()
+    assert "point 1/2: done before" in log
+    run_log = (out / "runs" / GAME / "seed-0" / "train.log").read_text()
+    assert "resumed" in run_log  # the second segment continued the run's checkpoint
+
+    results = json.loads((out / "results.json").read_text())
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == results  # --json: the results object, last line
+    assert results["complete"] is True and results["settings"]["targets"] == [4, 8]
+    points = results["games"][GAME]["points"]
+    assert [p["point"] for p in points] == [1, 2] and results["games"][GAME]["final"] == points[-1]
+    assert [p["env_steps"]["mean"] for p in points] == [4, 8]  # one iteration of 2 games x 2 steps per point
+    for point in points:
+        assert point["max_score"] == 1.0 and point["eval_max_episode_steps"] == 2 and point["seeds"] == [0]
+        assert set(point["agents"]) == AGENTS
+        for agent in point["agents"].values():
+            assert agent["episodes"] == 2
+            assert 0.0 <= agent["score"]["mean"] <= 1.0 and agent["score"]["std"] == 0.0  # one seed
+            assert 0.0 <= agent["normalised_score"]["mean"] <= 1.0
+    done = json.loads((out / "points" / GAME / "seed-0" / "point-2.json").read_text())
+    for record in done["agents"].values():
+        assert len(record["scores"]) == 2 and all(s >= 1_000_000 for s in record["eval_seeds"])  # evaluation seeds
+        assert all(steps <= 2 for steps in record["steps"])
+
+    table = (out / "results.md").read_text()
+    for name in AGENTS:
+        assert f"| {GAME} | {name} |" in table
+    assert "| point | env steps | random | llm | wm | priorzero |" in table
+    png = out / f"curves-{GAME}.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
