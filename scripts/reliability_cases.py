@@ -28,7 +28,7 @@ TINY = {
     "env": {"num_envs": 1, "max_episode_steps": 2},
     "llm": {"history_steps": 1, "prompt_tokens": 384},
     "search": {"num_simulations": 2},
-    "train": {"wm_updates_per_iter": 1, "wm_batch_size": 2, "lm_updates_per_iter": 1, "lm_batch_size": 2, "lm_micro_batch": 2, "eval_episodes": 1, "eval_agents": ["random"]},
+    "train": {"iteration_steps": 2, "wm_updates_per_step": 0.5, "wm_batch_size": 2, "lm_updates_per_step": 0.5, "lm_batch_size": 2, "lm_micro_batch": 2, "eval_episodes": 1, "eval_agents": ["random"]},
 }
 
 

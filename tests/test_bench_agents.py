@@ -26,7 +26,7 @@ TINY = {
     "env": {"num_envs": 2, "max_episode_steps": 2},
     "llm": {"history_steps": 1, "prompt_tokens": 384},
     "search": {"num_simulations": 4},
-    "train": {"wm_updates_per_iter": 2, "wm_batch_size": 4, "lm_updates_per_iter": 1, "lm_batch_size": 2, "lm_micro_batch": 2},
+    "train": {"iteration_steps": 4, "wm_updates_per_step": 0.5, "wm_batch_size": 4, "lm_updates_per_step": 0.25, "lm_batch_size": 2, "lm_micro_batch": 2},
 }
 
 

@@ -72,6 +72,10 @@ def resolve_config(
     ):
         if value is not None:
             extra.setdefault(section, {})[key] = value
+    if base is None:  # a new config: the game's own row (envs/game_settings.py) over the preset, under --config/--set
+        from priorzero.envs.game_settings import build_game_config
+
+        return build_game_config(preset, config_file, overrides or [], extra)
     return build_config(preset, config_file, overrides or [], extra, base=base)
 
 

@@ -42,7 +42,7 @@ from priorzero.train.agents import Decision, LLMAgent, PriorModel, RandomAgent, 
 from priorzero.train.buffer import ReplayBuffer
 from priorzero.train.checkpoint import CHECKPOINT_NAME, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from priorzero.train.episodes import EpisodeLoop, EpisodeResult, Interrupted, PoolGames
-from priorzero.train.evaluator import AgentScore, evaluate
+from priorzero.train.evaluator import EVAL_SEED_OFFSET, AgentScore, evaluate
 from priorzero.train.rundir import RunDir, default_run_dir
 
 log = logging.getLogger(__name__)
@@ -180,11 +180,12 @@ class Trainer:
     # ---- collection and learning ----
 
     def start_episodes(self, slots: list[int]) -> list[tuple[Any, EpisodeResult]]:
-        """Start the next training episodes on these slots (episode n has seed seed * 100003 + n)."""
+        """Start the next training episodes on these slots (episode n has seed (seed * 100003 + n) mod EVAL_SEED_OFFSET,
+        so training never plays an evaluation episode's seed)."""
         starts = []
         for slot in slots:
             index = self.counters.episodes_started
-            starts.append((slot, index, self.config.run.seed * 100_003 + index))
+            starts.append((slot, index, (self.config.run.seed * 100_003 + index) % EVAL_SEED_OFFSET))
             self.counters.episodes_started += 1
         return self.collector.start(starts)
 
