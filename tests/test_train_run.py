@@ -142,7 +142,8 @@ def test_kill_during_checkpoint_write_keeps_the_previous_one_and_resume_matches_
     assert [row["env_steps"] for row in rows if "wm/loss" in row] == sorted({row["env_steps"] for row in rows if "wm/loss" in row})
 
 
-def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(tmp_path, tiny_config):
+@pytest.mark.parametrize("signum, exit_code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(tmp_path, tiny_config, signum, exit_code):
     run = tmp_path / "interrupted"
     process = start("train", "--preset", "quick", "--config", str(tiny_config), "--max-iter", "50", "--run-dir", str(run))
     try:
@@ -150,12 +151,12 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(tmp_path, tiny_config):
         while not (run / "checkpoints" / "latest.pt").exists():
             assert process.poll() is None and time.monotonic() < deadline, "no checkpoint appeared"
             time.sleep(0.2)
-        process.send_signal(signal.SIGINT)
+        process.send_signal(signum)
         _, stderr = process.communicate(timeout=300)
     finally:
         if process.poll() is None:
             process.kill()
-    assert process.returncode == 130, stderr[-3000:]
+    assert process.returncode == exit_code, stderr[-3000:]
     assert "Traceback" not in stderr
     assert "--resume" in stderr
     assert json.loads((run / "summary.json").read_text())["interrupted"] is True

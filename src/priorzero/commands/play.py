@@ -50,7 +50,7 @@ def play(
         from priorzero.envs.registry import require_valid_commands
 
         require_valid_commands(resolved.env, f"the {agent} agent")  # a game that lists none: one line, before anything starts
-    player = _make_agent(agent, checkpoint, resolved, overrides, env_id, game_dir)
+    player = _make_agent(agent, checkpoint, resolved, overrides, env_id, game_dir, preset, config)
     show_transcript = agent == "human" or not json_output
     with GamePool([resolved.env.env_id], resolved.env) as pool:
         summary = play_episode(PoolGames(pool), player, resolved.run.seed, show_transcript, resolved.env.max_episode_steps)
@@ -61,7 +61,9 @@ def play(
         typer.echo(_describe(summary))
 
 
-def _make_agent(name: str, checkpoint: Path | None, config: Config, overrides: list[str], env_id: str | None, game_dir: Path | None):
+def _make_agent(
+    name: str, checkpoint: Path | None, config: Config, overrides: list[str], env_id: str | None, game_dir: Path | None, preset: str | None, config_file: Path | None
+):
     from priorzero.train.agents import HumanAgent, LLMAgent, RandomAgent
 
     if name == "human":
@@ -69,7 +71,7 @@ def _make_agent(name: str, checkpoint: Path | None, config: Config, overrides: l
     if checkpoint is not None:
         from priorzero.train.evaluate_checkpoint import trainer_from_checkpoint
 
-        return trainer_from_checkpoint(checkpoint, env_id, game_dir, overrides).agent(name)
+        return trainer_from_checkpoint(checkpoint, env_id, game_dir, overrides, preset, config_file).agent(name)
     if name == "random":
         return RandomAgent(config.run.seed)
     if name == "llm":

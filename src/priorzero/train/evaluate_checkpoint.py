@@ -18,15 +18,18 @@ WEIGHT_SHAPING_KEYS = [("model", key) for key in ("latent_dim", "num_layers", "n
 ]
 
 
-def trainer_from_checkpoint(path: Path, env_id: str | None = None, game_dir: Path | None = None, overrides: list[str] = ()) -> Trainer:
-    """A Trainer holding the checkpoint's models, under the run's config changed by the given options."""
+def trainer_from_checkpoint(
+    path: Path, env_id: str | None = None, game_dir: Path | None = None, overrides: list[str] = (), preset: str | None = None, config_file: Path | None = None
+) -> Trainer:
+    """A Trainer holding the checkpoint's models, under the run's config changed by the given options (a preset, a
+    config file, --set overrides, layered over the stored config in that order)."""
     source = resolve_checkpoint_path(path)
     state = load_checkpoint(source)
     if state.get("format") != CHECKPOINT_FORMAT:
         raise UserError(f"{source} is not a PriorZero training checkpoint")
     options = {key: value for key, value in (("env_id", env_id), ("game_dir", game_dir)) if value is not None}
     stored = stored_config(state)
-    config = build_config(overrides=overrides, extra={"env": options}, base=stored.model_dump(mode="json"))
+    config = build_config(preset, config_file, overrides, extra={"env": options}, base=stored.model_dump(mode="json"))
     changed = [f"{section}.{key}" for section, key in WEIGHT_SHAPING_KEYS if getattr(getattr(config, section), key) != getattr(getattr(stored, section), key)]
     if changed:  # known before any model loads
         raise UserError(f"checkpoint {source} does not match the config ({', '.join(changed)} changed); drop the --set options that change the models")

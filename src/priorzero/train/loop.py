@@ -85,12 +85,8 @@ class StopFlag:
             self.signal = signum
             log.warning("stop requested: finishing the current step, saving a checkpoint (Ctrl-C again to quit at once)")
 
-        previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
-        try:
+        with _signal_handler(handler):
             yield
-        finally:
-            for sig, old in previous.items():
-                signal.signal(sig, old)
 
     @contextmanager
     def deferred(self) -> Iterator[None]:
@@ -100,12 +96,19 @@ class StopFlag:
             self.signal = self.signal or signum
             log.warning("stopping: finishing the files being written first")
 
-        previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
-        try:
+        with _signal_handler(handler):
             yield
-        finally:
-            for sig, old in previous.items():
-                signal.signal(sig, old)
+
+
+@contextmanager
+def _signal_handler(handler: Any) -> Iterator[None]:
+    """`handler` for SIGINT and SIGTERM inside the block; the previous handlers after it."""
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 class Trainer:
