@@ -195,7 +195,7 @@ class GamePool:
         pending = {i: self._in_flight.pop(i) for i in indices}
         live = [i for i, (_, _, failure) in pending.items() if failure is None]
         deadline = min((sent for _, sent, _ in pending.values()), default=time.monotonic()) + self.env_config.call_timeout_s
-        replies = self._receive(live, max(0.0, deadline - time.monotonic()))
+        replies = self._receive(live, max(0.0, deadline - time.monotonic()), self.env_config.call_timeout_s)
         results: dict[int, StepResult] = {}
         for i, (request, _, failure) in pending.items():
             ok, value = failure if failure is not None else self._interpret(i, replies[i], f"step({request[1][0]!r})")
@@ -254,7 +254,8 @@ class GamePool:
                 failures[i] = self._interpret(i, ("crashed" if kind == "error" else kind, payload), "start")
         return failures
 
-    def _receive(self, indices: list[int], timeout: float) -> dict[int, tuple[str, Any]]:
+    def _receive(self, indices: list[int], timeout: float, limit_s: float | None = None) -> dict[int, tuple[str, Any]]:
+        """Replies within `timeout` seconds; the others time out (reported as `limit_s`, the call's whole limit)."""
         deadline = time.monotonic() + timeout
         waiting = {self._workers[i].conn: i for i in indices}
         replies: dict[int, tuple[str, Any]] = {}
@@ -270,7 +271,7 @@ class GamePool:
                 except (EOFError, OSError):
                     replies[i] = ("crashed", self._workers[i].died_reason())
         for i in waiting.values():
-            replies[i] = ("timeout", f"timeout after {timeout:g} s")
+            replies[i] = ("timeout", f"timeout after {limit_s if limit_s is not None else timeout:g} s")
         return replies
 
     def _interpret(self, index: int, reply: tuple[str, Any], what: str) -> tuple[bool, Any]:

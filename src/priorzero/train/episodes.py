@@ -158,7 +158,7 @@ class EpisodeLoop:
         if slots:
             ended += self._send(slots)
         if self.groups == 1:
-            ended += self._receive(slots)
+            ended += self._receive([slot for slot in slots if slot in self.in_flight])  # none if the player stopped
         return ended
 
     def drain(self) -> list[tuple[Episode, EpisodeResult]]:
