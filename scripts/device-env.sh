@@ -7,7 +7,7 @@
 #   - puts src/, /tmp/site and /tmp/pzsite (TextWorld, Jericho, the embedded models) on PYTHONPATH, and points
 #     PRIORZERO_CACHE_DIR at /tmp/pzcache (the suite's games) and PRIORZERO_GAME_DIR at /tmp/pzgames (Jericho's
 #     story files), so that `train` runs without generating or downloading anything.
-# Wheels are fetched here beforehand, for Python 3.12 on x86-64 (see /work/.library/device/README.md, Notes):
+# Wheels are fetched here beforehand, for Python 3.12 on x86-64 (see the device tool's README, Notes):
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #     --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
 #     --platform manylinux2014_x86_64 --platform manylinux1_x86_64 -d .whl NAME==VERSION ...

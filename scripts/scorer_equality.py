@@ -3,7 +3,7 @@
 Two steps, so that the GPU machine needs neither TextWorld's state tracking nor Jericho's spaCy pipeline:
 
   # here (CPU; needs the games): states along each game's walkthrough, as text, to a JSON file
-  python scripts/scorer_equality.py dump --game-dir /work/shared/games/jericho --states 6 --out .devcarry/states.json
+  python scripts/scorer_equality.py dump --game-dir ../shared/games/jericho --states 6 --out .devcarry/states.json
   # on the GPU (after `source scripts/device-env.sh`): score them in bf16 and fp32, print one JSON object
   python scripts/scorer_equality.py score --states states.json --device cuda --dtype bfloat16 --dtype float32
 
