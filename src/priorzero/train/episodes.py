@@ -7,10 +7,10 @@ evaluation start the next episode at once (`start`), so no slot waits for the lo
 of training waits until every slot is free. Each step becomes a `StepRecord` (see buffer.py).
 
     loop = EpisodeLoop(games, agent)
-    loop.start(slot=0, index=0, seed=7)
+    loop.start([(0, 0, 7)])                      # (slot, episode index, seed)
     while loop.running:
         for episode, result in loop.step():
-            ...                                  # episode.records, result.score; loop.start(...) for the next
+            ...                                  # episode.records, result.score; loop.start([...]) for the next
 """
 
 from __future__ import annotations
