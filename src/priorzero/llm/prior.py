@@ -83,10 +83,6 @@ class PriorModel:
         """A transformers backend with its own model as the trainable one (tests, benchmarks)."""
         return cls(backend, backend.lm, backend.token_budget)
 
-    @property
-    def config(self):
-        return self.backend.config
-
     def candidate_ids(self, commands: list[str]) -> list[list[int]]:
         from priorzero.llm.prompts import encode_candidates
 
@@ -108,9 +104,13 @@ class PriorModel:
 
     def log_priors_with_grad(self, prompts: list[list[int]], commands: list[list[str]]) -> list[torch.Tensor]:
         """Per game, the [K] log-prior of `trainable` with its autograd graph: what the language-model losses train."""
+        return self._log_priors(prompts, [self.candidate_ids(c) for c in commands], grad=True)
+
+    def _log_priors(self, prompts: list[list[int]], candidates: list[list[list[int]]], grad: bool) -> list[torch.Tensor]:
+        """log_softmax of the very logits the backends' priors softmax (llm/scorer.py:candidate_logits), from `trainable`."""
         from priorzero.llm.scorer import candidate_logits, score_candidates
 
-        scores = score_candidates(self.trainable.model, prompts, [self.candidate_ids(c) for c in commands], self.token_budget, grad=True)
+        scores = score_candidates(self.trainable.model, prompts, candidates, self.token_budget, grad=grad)
         config = self.backend.config
         return [torch.log_softmax(candidate_logits(s, config.score_reduction, config.prior_temperature), dim=0) for s in scores]
 
@@ -135,12 +135,8 @@ class PriorModel:
 
 def logprob_drift(prior: PriorModel, states: Sequence[PreparedState]) -> float:
     """Largest |backend - trainable| difference of candidate log-priors on the same prepared states."""
-    from priorzero.llm.scorer import candidate_logits, score_candidates
-
     theirs = prior.backend.prior_from_prepared(list(states))
     with torch.no_grad():
-        scores = score_candidates(prior.trainable.model, [s.prompt_ids for s in states], [s.candidate_ids for s in states], prior.token_budget)
-    config = prior.backend.config
-    ours = [torch.log_softmax(candidate_logits(s, config.score_reduction, config.prior_temperature), dim=0).float().cpu() for s in scores]
+        ours = [p.float().cpu() for p in prior._log_priors([s.prompt_ids for s in states], [s.candidate_ids for s in states], grad=False)]
     diffs = [(a - b.clamp(min=1e-30).log()).abs().max().item() for a, b in zip(ours, theirs) if len(a)]
     return max(diffs, default=0.0)
