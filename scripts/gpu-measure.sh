@@ -4,6 +4,7 @@
 #
 #   bash scripts/gpu-measure.sh stress       # 20 x `priorzero train --preset full` beside a churning co-tenant (issue 10)
 #   bash scripts/gpu-measure.sh throughput   # bench envs ceilings; bench train lockstep vs pipeline (issue 15)
+#   GAME=detective.z5 NUM_ENVS=64 bash scripts/gpu-measure.sh profile   # train under cProfile, GPU utilisation sampled
 set -uo pipefail
 out=${OUT:-/tmp/out}
 mkdir -p "$out"
@@ -22,7 +23,7 @@ stress)
   ;;
 throughput)
   games=${GAMES:-detective.z5,ludicorp.z5,balances.z5,omniquest.z5,library.z5,905.z5,acorncourt.z5}
-  timeout "${ENVS_S:-230}" python3 -c 'from priorzero.cli import main; raise SystemExit(main())' bench envs --games "$games" --workers auto --seconds "${ENVS_WINDOW_S:-10}" --json \
+  timeout "${ENVS_S:-230}" python3 -c 'from priorzero.cli import main; raise SystemExit(main())' bench envs --games "$games" --workers auto --seconds "${ENVS_WINDOW_S:-10}" --repeats "${ENVS_REPEATS:-1}" --json \
     >"$out/envs.json" 2>"$out/envs.log"; tail -5 "$out/envs.log"
   for spec in "detective.z5 64" "tw-coin_collector-l5-s1 64"; do
     set -- $spec
@@ -32,6 +33,18 @@ throughput)
     cat "$out/train-$1.json"; tail -3 "$out/train-$1.log"
   done
   ;;
+profile)
+  # where the training command's time goes: `train --preset full` under cProfile, GPU utilisation sampled each second
+  nvidia-smi --query-gpu=utilization.gpu --format=csv,noheader,nounits -l 1 >"$out/util-profile.txt" &
+  smi=$!
+  timeout -s INT "${TRAIN_S:-200}" python3 scripts/profile_train.py "$out/train.prof" train --preset full --env-id "${GAME:-detective.z5}" \
+    --set env.num_envs="${NUM_ENVS:-64}" --max-env-steps "${STEPS:-1500}" --set train.eval_agents=[] --run-dir "/tmp/pz-profile-$$" ${EXTRA:-} \
+    >"$out/profile-run.log" 2>&1
+  kill "$smi"
+  tail -4 "$out/profile-run.log"
+  python3 -c "import pstats, sys; s = pstats.Stats(sys.argv[1]); s.sort_stats('tottime').print_stats(45); s.sort_stats('cumulative').print_stats(70)" \
+    "$out/train.prof" >"$out/profile.txt" 2>&1
+  ;;
 *)
-  echo "usage: $0 stress|throughput" >&2; exit 2 ;;
+  echo "usage: $0 stress|throughput|profile" >&2; exit 2 ;;
 esac

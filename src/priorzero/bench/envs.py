@@ -198,6 +198,12 @@ def measure_ceiling(env_id: str, config: EnvConfig, workers: int, seconds: float
                     variant_seed = run_seed + 500 if variant == "shared-warm" else run_seed
                     runs[variant].append(time_ceiling(env_id, config, workers, seconds, variant_seed, None if variant == "plain" else cache_dir))
                     progress.advance(task)
+                    # one line per window as it ends, so a run cut short (a call's time limit) still says what it measured
+                    rate, listed, shared_hits, memory_hits = runs[variant][-1]
+                    progress.console.print(
+                        f"ceiling {env_id} workers {workers} repeat {repeat + 1} {variant}: {rate:.2f} steps/s, {listed} listed, "
+                        f"{shared_hits} shared hits, {memory_hits} memory hits"
+                    )
             finally:
                 shutil.rmtree(cache_dir, ignore_errors=True)
     cells = []
