@@ -6,7 +6,7 @@ written to a temporary file and renamed over `latest.pt`, so a run killed mid-wr
 leaves the previous checkpoint whole (and the next save removes the dead writer's temporary file).
 
 Integrity: the saved dict carries "sha256", a digest of its own contents (every tensor's dtype, shape and
-bytes, every plain value), computed before writing and checked after loading, so flipped bytes on disk are
+bytes, the pickle of every plain value), computed before writing and checked after loading, so flipped bytes on disk are
 an error rather than silently different weights. The file stays one plain `torch.load(weights_only=True)` dict.
 """
 
@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import pickle
 import random
 import time
 from pathlib import Path
@@ -94,32 +95,39 @@ def _serialise(state: dict[str, Any]) -> bytes:
 
 
 def content_digest(state: Any) -> str:
-    """sha256 over a checkpoint's contents: tensors by dtype, shape and bytes; containers and plain values by type and value."""
+    """sha256 over a checkpoint's contents: the pickle of its containers and plain values (written into the hash,
+    not into memory) with every tensor fed in by dtype, shape and bytes where it occurs.
+
+    Pickling runs in C, so a replay buffer of a million plain values costs about what torch.save does; the
+    pickle of the same values is the same after a save and load (same order, same sharing), so the digest is too.
+    """
     digest = hashlib.sha256()
-    _feed(digest, state)
+    _DigestPickler(digest).dump(state)
     return digest.hexdigest()
 
 
-def _feed(digest: Any, value: Any) -> None:
-    if isinstance(value, torch.Tensor):
-        tensor = value.detach().cpu().contiguous().reshape(-1)
-        digest.update(f"T{tensor.dtype}{tuple(value.shape)}".encode())
-        digest.update(tensor.view(torch.uint8).numpy())
-    elif isinstance(value, dict):
-        digest.update(f"D{len(value)}".encode())
-        for key, item in value.items():
-            _feed(digest, key)
-            _feed(digest, item)
-    elif isinstance(value, (list, tuple)):
-        digest.update(f"{'L' if isinstance(value, list) else 'U'}{len(value)}".encode())
-        for item in value:
-            _feed(digest, item)
-    elif isinstance(value, str):
-        data = value.encode("utf-8", "surrogatepass")
-        digest.update(f"S{len(data)}:".encode())
-        digest.update(data)
-    else:  # int, float, bool, None, bytes and the few other types weights_only allows
-        digest.update(f"{type(value).__name__}:{value!r};".encode())
+class _DigestPickler(pickle.Pickler):
+    """Pickles into the hash; each tensor goes in as its dtype, shape and bytes and is pickled as its number.
+    `reducer_override` is not called for plain values and plain containers, so those stay on pickle's C path."""
+
+    def __init__(self, digest: Any) -> None:
+        super().__init__(_HashWriter(digest), protocol=4)
+        self.digest = digest
+        self.tensors = 0
+
+    def reducer_override(self, obj: Any) -> Any:
+        if not isinstance(obj, torch.Tensor):
+            return NotImplemented
+        tensor = obj.detach().cpu().contiguous().reshape(-1)
+        self.digest.update(f"T{tensor.dtype}{tuple(obj.shape)}".encode())
+        self.digest.update(tensor.view(torch.uint8).numpy())
+        self.tensors += 1
+        return int, (self.tensors,)  # never unpickled: the pickle only feeds the hash
+
+
+class _HashWriter:
+    def __init__(self, digest: Any) -> None:
+        self.write = digest.update
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
