@@ -51,43 +51,44 @@ def make_batch(
     def index(text: str) -> int:
         return texts.setdefault(text, len(texts) + 1)
 
-    observation_ids = torch.zeros(batch, steps + 1, dtype=torch.long)
-    action_ids = torch.zeros(batch, steps, dtype=torch.long)
-    candidate_ids = torch.zeros(batch, steps, width, dtype=torch.long)
-    candidate_mask = torch.zeros(batch, steps, width, dtype=torch.bool)
-    step_mask = torch.zeros(batch, steps, dtype=torch.bool)
-    next_mask = torch.zeros(batch, steps, dtype=torch.bool)
-    value = torch.zeros(batch, steps)
-    reward = torch.zeros(batch, steps)
-    policy = torch.zeros(batch, steps, width)
+    # plain lists first, one tensor per field at the end: per-element tensor writes cost more than the model's step
+    observation_ids = [[0] * (steps + 1) for _ in range(batch)]
+    action_ids = [[0] * steps for _ in range(batch)]
+    candidate_ids = [[[0] * width for _ in range(steps)] for _ in range(batch)]
+    policy = [[[0.0] * width for _ in range(steps)] for _ in range(batch)]
+    lengths = [[0] * steps for _ in range(batch)]  # valid commands per step; 0 marks padding
+    next_mask = [[False] * steps for _ in range(batch)]
+    value = [[0.0] * steps for _ in range(batch)]
+    reward = [[0.0] * steps for _ in range(batch)]
     for b, segment in enumerate(segments):
         for t, step in enumerate(segment):
-            if len(step.visit_counts) != len(step.commands) or not 0 <= step.action < len(step.commands):
-                raise ValueError(f"segment {b} step {t}: visit counts and action must match its {len(step.commands)} commands")
-            observation_ids[b, t] = index(step.observation)
-            action_ids[b, t] = index(step.commands[step.action])
             count = len(step.commands)
-            candidate_ids[b, t, :count] = torch.tensor([index(command) for command in step.commands])
-            candidate_mask[b, t, :count] = True
-            step_mask[b, t] = True
-            value[b, t], reward[b, t] = step.value_target, step.reward
-            policy[b, t, :count] = torch.tensor(step.visit_policy())
+            if len(step.visit_counts) != count or not 0 <= step.action < count:
+                raise ValueError(f"segment {b} step {t}: visit counts and action must match its {count} commands")
+            observation_ids[b][t] = index(step.observation)
+            action_ids[b][t] = index(step.commands[step.action])
+            candidate_ids[b][t][:count] = [index(command) for command in step.commands]
+            policy[b][t][:count] = step.visit_policy()
+            lengths[b][t] = count
+            value[b][t], reward[b][t] = step.value_target, step.reward
             is_last = t == len(segment) - 1
             next_known = not step.done and (not is_last or following[b] is not None)
-            next_mask[b, t] = next_known
+            next_mask[b][t] = next_known
             if next_known and is_last:
-                observation_ids[b, t + 1] = index(following[b])
+                observation_ids[b][t + 1] = index(following[b])
+    count_tensor = torch.tensor(lengths, dtype=torch.long)
+    candidate_mask = torch.arange(width) < count_tensor.unsqueeze(-1)
 
     embeddings = encoder.encode(list(texts)).to(device)
     table = torch.cat([embeddings.new_zeros(1, embeddings.shape[1]), embeddings])
     return WorldModelBatch(
-        observations=table[observation_ids.to(device)],
-        actions=table[action_ids.to(device)],
-        candidates=table[candidate_ids.to(device)],
+        observations=table[torch.tensor(observation_ids, device=device)],
+        actions=table[torch.tensor(action_ids, device=device)],
+        candidates=table[torch.tensor(candidate_ids, device=device)],
         candidate_mask=candidate_mask.to(device),
-        step_mask=step_mask.to(device),
-        next_observation_mask=next_mask.to(device),
-        value_target=value.to(device),
-        reward_target=reward.to(device),
-        policy_target=policy.to(device),
+        step_mask=(count_tensor > 0).to(device),
+        next_observation_mask=torch.tensor(next_mask, device=device),
+        value_target=torch.tensor(value, dtype=torch.float32, device=device),
+        reward_target=torch.tensor(reward, dtype=torch.float32, device=device),
+        policy_target=torch.tensor(policy, dtype=torch.float32, device=device),
     )
