@@ -227,3 +227,27 @@ def test_a_run_killed_before_its_first_checkpoint_blocks_nothing(tmp_path, tiny_
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "never reached its first checkpoint; starting it afresh" in resumed.stderr
     assert checkpoint(run)["counters"]["iteration"] == 1
+
+
+def test_background_world_model_learning_keeps_the_replay_ratio_and_resumes(tmp_path, tiny_config):
+    """train.max_policy_lag > 0: the world model learns in a thread while the games are played; the run still
+    makes exactly the updates its replay ratio owes, acts with weights at most that many updates behind, and
+    resumes from its checkpoint."""
+    run = tmp_path / "background"
+    lag = ("--set", "train.max_policy_lag=2")
+    result = priorzero("train", "--preset", "quick", "--config", str(tiny_config), *lag, "--max-iter", "2", "--run-dir", str(run))
+    assert result.returncode == 0, result.stderr[-3000:]
+    counters = checkpoint(run)["counters"]
+    assert counters["wm_updates"] == int(0.5 * counters["env_steps"])  # the run ends with every owed update
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    lags = [row["wm/policy_lag"] for row in rows if "wm/policy_lag" in row]
+    assert lags and all(0 <= value <= 2 for value in lags)
+    state = checkpoint(run)
+    running = [r["wm_version"] for episode in state["running_episodes"] for r in episode["records"]]
+    assert running and max(running) > 0  # the steps after the first episodes ended acted with learned weights
+
+    result = priorzero("train", "--resume", "--run-dir", str(run), "--max-iter", "3")
+    assert result.returncode == 0, result.stderr[-3000:]
+    resumed = checkpoint(run)["counters"]
+    assert resumed["iteration"] == 3 and resumed["env_steps"] > counters["env_steps"]
+    assert resumed["wm_updates"] == int(0.5 * resumed["env_steps"])

@@ -134,6 +134,10 @@ class TrainConfig(_Section):
     wm_lr: float = Field(3e-4, gt=0)
     wm_batch_size: int = Field(32, ge=1, le=65_536, description="Segments sampled per world-model update.")
     wm_updates_per_step: float = Field(0.1, ge=0, le=1000, description="World-model gradient steps per environment step (the replay ratio).")
+    max_policy_lag: int = Field(
+        0, ge=0, le=1_000_000,
+        description="0: world-model updates run between steps on the collecting thread (sequential and reproducible). N > 0: a background thread runs them while games are played, and a step waits while the weights it acts with trail the updates the replay ratio owes by more than N.",
+    )
     unroll_steps: int = Field(5, ge=1, le=1000, description="Steps the dynamics are unrolled from each sampled position.")
     td_steps: int = Field(10, ge=1, le=100_000, description="n of the n-step value targets and of the advantage's return.")
     # Language model.
@@ -205,6 +209,7 @@ PRESETS: dict[str, dict[str, Any]] = {
             "iteration_steps": 800,
             "wm_batch_size": 64,
             "wm_updates_per_step": 0.1,
+            "max_policy_lag": 16,
             "lm_batch_size": 64,
             "lm_micro_batch": 16,
             "lm_updates_per_step": 0.0025,

@@ -7,6 +7,7 @@ Why this encoder rather than the language model's own hidden state: docs/archite
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Sequence
 
 import torch
@@ -33,14 +34,18 @@ class TextEncoder:
         self.max_cache_entries = max_cache_entries
         self.cache: dict[str, Tensor] = {}
         self.hits = self.misses = 0
+        self._lock = threading.Lock()  # the collecting thread and a learner thread encode with the same model
 
     @property
     def dim(self) -> int:
         return EMBEDDING_DIM
 
-    @torch.no_grad()
     def encode(self, texts: Sequence[str]) -> Tensor:
         """Embeddings of `texts` in order, [len(texts), 384] float32 on the encoder's device."""
+        with self._lock, torch.no_grad():
+            return self._encode(texts)
+
+    def _encode(self, texts: Sequence[str]) -> Tensor:
         missing = list(dict.fromkeys(text for text in texts if text not in self.cache))
         if len(self.cache) + len(missing) > self.max_cache_entries:
             self.cache.clear()

@@ -5,7 +5,8 @@
                  prior -> world model's root -> search -> sampled action, one batch for all running slots
     2. store     each finished episode's records (with n-step targets) go into the replay buffer as segments
     3. learn     after every step, the updates the replay ratio owes: train.wm_updates_per_step world-model and
-                 train.lm_updates_per_step language-model updates per environment step collected
+                 train.lm_updates_per_step language-model updates per environment step collected; with
+                 train.max_policy_lag > 0 the world model learns in a background thread meanwhile (background.py)
     4. log       metrics to TensorBoard and metrics.jsonl, a line to the log, the progress bar
     5. save      an atomic checkpoint every train.checkpoint_every iterations, with the episodes still running
 
@@ -21,11 +22,14 @@ final writes; the last checkpoint on disk stays whole.
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import logging
 import logging.handlers
 import math
 import signal
 import statistics
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -39,6 +43,7 @@ from priorzero.config import Config, config_to_yaml
 from priorzero.errors import UserError
 from priorzero.fileio import write_json_atomic
 from priorzero.train.agents import Decision, LLMAgent, PriorModel, RandomAgent, SearchAgent
+from priorzero.train.background import BackgroundWorldModel
 from priorzero.train.buffer import ReplayBuffer
 from priorzero.train.checkpoint import CHECKPOINT_NAME, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from priorzero.train.episodes import EpisodeLoop, EpisodeResult, Interrupted, PoolGames
@@ -135,12 +140,16 @@ class Trainer:
             num_heads=config.model.num_heads,
             support_size=config.model.support_size,
         )
-        self.world_model = WorldModel(shape).to(self.device).eval()
+        self.world_model = WorldModel(shape).to(self.device).eval()  # what the learner trains
+        # what the collection searches with: the same model, or a copy taking the learner's weights between steps
+        self.acting_world_model = copy.deepcopy(self.world_model) if config.train.max_policy_lag > 0 else self.world_model
         self.wm_learner = WMLearner(self.world_model, self.encoder, config.train, config.model)
         self.lm_learner = LMLearner(self.prior, config.train) if config.train.lm_finetune != "off" else None
         self.buffer = ReplayBuffer(config.train.buffer_steps, config.train.segment_length)
         self.sampler = np.random.default_rng(config.run.seed)  # which replay steps the learners see
         self.counters = Counters()
+        self.buffer_lock = threading.Lock()  # the collecting thread adds episodes, a learner thread samples
+        self.background: BackgroundWorldModel | None = None  # started by the first learn() with train.max_policy_lag > 0
         self.decisions: list[Decision] = []  # this iteration's collection decisions (for the search statistics)
         self._games: PoolGames | None = None
         self._collector: EpisodeLoop | None = None
@@ -161,24 +170,27 @@ class Trainer:
                 self.games,
                 self.agent("priorzero", explore=True),
                 lm_version=lambda: self.prior.version,
-                wm_version=lambda: self.counters.wm_updates,
+                wm_version=lambda: self.background.published if self.background is not None else self.counters.wm_updates,
                 on_step=lambda episode, decision, command, result: self.decisions.append(decision),
                 groups=1 if self.config.train.collection == "lockstep" else self.config.train.collect_groups,
             )
         return self._collector
 
     def close(self) -> None:
+        if self.background is not None:
+            self.background.close()
         if self._games is not None:
             self._games.close()
 
     def agent(self, name: str, explore: bool = False):
-        """An agent by name, using this trainer's current weights."""
+        """An agent by name, using this trainer's current weights (collection: the acting copy of the world model)."""
         if name == "random":
             return RandomAgent(self.config.run.seed + 17)
         if name == "llm":
             return LLMAgent(self.prior)
         search_prior = self.prior if name == "priorzero" else None
-        return SearchAgent(self.world_model, self.encoder, self.config.search, self.config.model.context_window, search_prior, explore)
+        world_model = self.acting_world_model if explore else self.world_model
+        return SearchAgent(world_model, self.encoder, self.config.search, self.config.model.context_window, search_prior, explore)
 
     # ---- collection and learning ----
 
@@ -193,20 +205,28 @@ class Trainer:
         return self.collector.start(starts)
 
     def store(self, ended: list[tuple[Any, EpisodeResult]]) -> None:
-        for episode, _ in ended:
-            if episode.records:
-                self.buffer.add_episode(episode.records, self.config.train.td_steps, self.config.search.discount)
-            self.counters.episodes += 1
+        with self.buffer_lock:
+            for episode, _ in ended:
+                if episode.records:
+                    self.buffer.add_episode(episode.records, self.config.train.td_steps, self.config.search.discount)
+                self.counters.episodes += 1
 
-    def learn(self, should_stop, metrics: dict[str, list[float]]) -> None:
-        """The updates the replay ratio owes for the steps collected so far (none while the buffer is empty)."""
+    def learn(self, should_stop, metrics: dict[str, list[float]], finish: bool = False) -> None:
+        """The updates the replay ratio owes for the steps collected so far (none while the buffer is empty).
+        With train.max_policy_lag > 0 the world model's run in the background; this waits only where the weights
+        the next step acts with would trail more than that (`finish`: until all are done, at the end of a run)."""
         if not len(self.buffer):
             return
         train = self.config.train
-        for prefix, learner, ratio in (("wm", self.wm_learner, train.wm_updates_per_step), ("lm", self.lm_learner, train.lm_updates_per_step)):
+        learners = [("lm", self.lm_learner, train.lm_updates_per_step)]
+        if train.max_policy_lag > 0:
+            self._learn_in_background(should_stop, metrics, finish)
+        else:
+            learners.insert(0, ("wm", self.wm_learner, train.wm_updates_per_step))
+        for prefix, learner, ratio in learners:
             if learner is None:
                 continue
-            owed = math.floor(ratio * self.counters.env_steps + 1e-9) - getattr(self.counters, f"{prefix}_updates")
+            owed = owed_updates(ratio, self.counters.env_steps) - getattr(self.counters, f"{prefix}_updates")
             if owed <= 0:
                 continue
             start = time.perf_counter()
@@ -218,9 +238,32 @@ class Trainer:
                 setattr(self.counters, f"{prefix}_updates", getattr(self.counters, f"{prefix}_updates") + 1)
             metrics.setdefault(f"time/learn_{prefix}_s", []).append(time.perf_counter() - start)
 
+    def _learn_in_background(self, should_stop, metrics: dict[str, list[float]], finish: bool) -> None:
+        if self.background is None:
+            self.background = BackgroundWorldModel(self.wm_learner, self.acting_world_model, self.buffer, self.buffer_lock, self.sampler, self.counters.wm_updates)
+        owed = owed_updates(self.config.train.wm_updates_per_step, self.counters.env_steps)
+        self.background.owe(owed)
+        bound = owed if finish else owed - self.config.train.max_policy_lag
+        if self.background.publish() < bound:
+            start = time.perf_counter()
+            self.background.wait(bound, should_stop)
+            metrics.setdefault("time/wait_learner_s", []).append(time.perf_counter() - start)
+        self.counters.wm_updates = self.background.done
+        learned, seconds = self.background.take_metrics()
+        for key, values in learned.items():
+            metrics.setdefault(f"wm/{key}", []).extend(values)
+        metrics.setdefault("time/learn_wm_s", []).append(seconds)
+        metrics.setdefault("wm/policy_lag", []).append(float(owed - self.background.published))
+
     # ---- checkpoints ----
 
     def state_dict(self) -> dict[str, Any]:
+        with self.background.paused() if self.background is not None else contextlib.nullcontext():
+            if self.background is not None:
+                self.counters.wm_updates = self.background.done
+            return self._state_dict()
+
+    def _state_dict(self) -> dict[str, Any]:
         return {
             "format": CHECKPOINT_FORMAT,
             "config": config_to_yaml(self.config),
@@ -237,6 +280,8 @@ class Trainer:
         """Restore a checkpoint; `weights_only` restores just the models (for evaluation). A full restore rebuilds
         the running episodes by replaying their commands in the games."""
         self.wm_learner.load_state_dict(state["world_model"])
+        if self.acting_world_model is not self.world_model:
+            self.acting_world_model.load_state_dict(self.world_model.state_dict())
         if self.lm_learner is not None and state["language_model"] is not None:
             self.lm_learner.load_state_dict(state["language_model"])
         if weights_only:
@@ -249,6 +294,11 @@ class Trainer:
         for episode in dropped:
             log.warning("episode %d (slot %d) could not be rebuilt by replaying its commands; its %d steps are dropped", episode["index"], episode["slot"], len(episode["records"]))
             self.counters.dropped_steps += len(episode["records"])
+
+
+def owed_updates(ratio: float, env_steps: int) -> int:
+    """Updates a replay ratio owes after `env_steps` environment steps."""
+    return math.floor(ratio * env_steps + 1e-9)
 
 
 def seed_everything(seed: int) -> None:
@@ -484,6 +534,9 @@ def iteration(trainer: Trainer, stop: StopFlag, progress) -> dict[str, float]:
         trainer.store(ended)
         results += [r for _, r in ended]
     counters.iteration += 1
+    counters.train_seconds = seconds_before + time.perf_counter() - start
+    if not stop() and _limits_reached(config, counters):
+        trainer.learn(stop, learn_metrics, finish=True)  # the run ends with every update it owes (background ones too)
     elapsed = time.perf_counter() - start
     counters.train_seconds = seconds_before + elapsed
     steps = counters.env_steps - steps_before

@@ -9,7 +9,7 @@ import torch
 from priorzero.config import ModelConfig, TrainConfig
 from priorzero.model.losses import LossWeights, world_model_losses
 from priorzero.model.targets import make_batch
-from priorzero.train.buffer import ReplayBuffer
+from priorzero.train.buffer import ReplayBuffer, Segment
 
 
 class WMLearner:
@@ -26,8 +26,15 @@ class WMLearner:
         self.optimizer = torch.optim.AdamW(world_model.parameters(), lr=train_config.wm_lr)
 
     def update(self, buffer: ReplayBuffer, rng: np.random.Generator) -> dict[str, float]:
-        """One gradient step; returns each loss and the gradient norm."""
-        windows = [segment.window(position, self.config.unroll_steps) for segment, position in buffer.sample_steps(self.config.wm_batch_size, rng)]
+        """One gradient step on windows sampled from the buffer; returns each loss and the gradient norm."""
+        return self.step(self.sample(buffer, rng))
+
+    def sample(self, buffer: ReplayBuffer, rng: np.random.Generator) -> list[Segment]:
+        """`wm_batch_size` windows of `unroll_steps` steps, uniform over stored steps."""
+        return [segment.window(position, self.config.unroll_steps) for segment, position in buffer.sample_steps(self.config.wm_batch_size, rng)]
+
+    def step(self, windows: list[Segment]) -> dict[str, float]:
+        """One gradient step on these windows."""
         device = next(self.world_model.parameters()).device
         batch = make_batch([w.records for w in windows], self.encoder, [w.next_observation for w in windows], device=device)
         self.world_model.train()
