@@ -4,6 +4,7 @@
 #
 #   bash scripts/gpu-measure.sh stress       # 20 x `priorzero train --preset full` beside a churning co-tenant (issue 10)
 #   bash scripts/gpu-measure.sh throughput   # bench envs ceilings; bench train lockstep vs pipeline (issue 15)
+#   LABEL=x GAME=detective.z5 NUM_ENVS=256 STEPS=4000 EXTRA='--set ...' bash scripts/gpu-measure.sh train   # one train run, GPU sampled
 #   GAME=detective.z5 NUM_ENVS=64 bash scripts/gpu-measure.sh profile   # train under cProfile, GPU utilisation sampled
 set -uo pipefail
 out=${OUT:-/tmp/out}
@@ -33,6 +34,20 @@ throughput)
     cat "$out/train-$1.json"; tail -3 "$out/train-$1.log"
   done
   ;;
+train)
+  # one `train` run as users start it, GPU utilisation sampled each second: LABEL names its files under $OUT
+  label=${LABEL:-train}
+  nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader,nounits -l 1 >"$out/util-$label.txt" &
+  smi=$!
+  start=$(date +%s.%N)
+  timeout -s INT "${TRAIN_S:-200}" python3 -c 'from priorzero.cli import main; raise SystemExit(main())' train --preset full \
+    --env-id "${GAME:-detective.z5}" --set env.num_envs="${NUM_ENVS:-64}" --max-env-steps "${STEPS:-1500}" --set train.eval_agents=[] \
+    --run-dir "/tmp/pz-$label" ${EXTRA:-} >"$out/train-$label.log" 2>&1
+  echo "$label: rc $? wall $(echo "$(date +%s.%N) - $start" | bc) s"
+  kill "$smi"
+  cp "/tmp/pz-$label/metrics.jsonl" "$out/metrics-$label.jsonl" 2>/dev/null
+  grep -h "steps/s" "$out/train-$label.log" | tail -3
+  ;;
 profile)
   # where the training command's time goes: `train --preset full` under cProfile, GPU utilisation sampled each second
   nvidia-smi --query-gpu=utilization.gpu --format=csv,noheader,nounits -l 1 >"$out/util-profile.txt" &
@@ -46,5 +61,5 @@ profile)
     "$out/train.prof" >"$out/profile.txt" 2>&1
   ;;
 *)
-  echo "usage: $0 stress|throughput|profile" >&2; exit 2 ;;
+  echo "usage: $0 stress|throughput|train|profile" >&2; exit 2 ;;
 esac

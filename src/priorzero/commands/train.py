@@ -40,7 +40,7 @@ def train(
     resume: ResumeOpt = False,
     verbose: VerboseOpt = False,
 ) -> int:
-    """Train PriorZero: each iteration plays one episode per game with search, then updates both models.
+    """Train PriorZero: every game slot plays episode after episode with search while both models learn at their replay ratios.
 
     Writes the run directory (config, log, TensorBoard events, checkpoints, summary.json, curves.png).
     Ctrl-C saves a checkpoint and exits; --resume continues from it.
