@@ -26,7 +26,7 @@ class StepLike(Protocol):
     done: bool
     value_target: float
 
-    def visit_policy(self) -> list[float]: ...
+    def search_policy(self, target: str = "visits") -> list[float]: ...
 
 
 def make_batch(
@@ -34,11 +34,13 @@ def make_batch(
     encoder: TextEncoder,
     next_observations: Sequence[str | None] | None = None,
     device: torch.device | str = "cpu",
+    policy_target: str = "visits",
 ) -> WorldModelBatch:
     """Segments (each a non-empty run of consecutive steps) -> one right-padded batch.
 
     next_observations[i], if given, is the observation after segment i's last step (None where the episode ended
-    there or it is unknown): it supplies the latent-consistency target of that last step.
+    there or it is unknown): it supplies the latent-consistency target of that last step. policy_target: which
+    of the search's policies the policy head learns (StepRecord.search_policy: visits or completed_q).
     """
     if not segments or any(len(segment) == 0 for segment in segments):
         raise ValueError("make_batch needs at least one segment and no empty segment")
@@ -71,7 +73,7 @@ def make_batch(
             candidate_mask[b, t, :count] = True
             step_mask[b, t] = True
             value[b, t], reward[b, t] = step.value_target, step.reward
-            policy[b, t, :count] = torch.tensor(step.visit_policy())
+            policy[b, t, :count] = torch.tensor(step.search_policy(policy_target))
             is_last = t == len(segment) - 1
             next_known = not step.done and (not is_last or following[b] is not None)
             next_mask[b, t] = next_known
