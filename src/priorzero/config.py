@@ -151,6 +151,9 @@ class TrainConfig(_Section):
         "visits",
         description="What the language model and the world model's policy head distil from each search: visits (the visit counts, normalised) or completed_q (Gumbel MuZero's improved policy, softmax(log prior + sigma(completed Q)), search.completed_q_c_visit/c_scale).",
     )
+    wm_policy_target: Literal["visits", "completed_q"] | None = Field(
+        None, description="The world model's policy head's target when it should differ from train.policy_target (None: the same)."
+    )
     visit_loss_weight: float = Field(1.0, ge=0, description="Cross-entropy from the search's policy (train.policy_target) to the prior.")
     pg_loss_weight: float = Field(0.1, ge=0, description="Policy gradient on the executed command.")
     kl_loss_weight: float = Field(0.05, ge=0, description="KL from the initial language model's prior.")

@@ -30,7 +30,7 @@ class WMLearner:
         """One gradient step; returns each loss and the gradient norm."""
         windows = [segment.window(position, self.config.unroll_steps) for segment, position in buffer.sample_steps(self.config.wm_batch_size, rng)]
         device = next(self.world_model.parameters()).device
-        batch = make_batch([w.records for w in windows], self.encoder, [w.next_observation for w in windows], device=device, policy_target=self.config.policy_target)
+        batch = make_batch([w.records for w in windows], self.encoder, [w.next_observation for w in windows], device=device, policy_target=self.config.wm_policy_target or self.config.policy_target)
         self.world_model.train()
         losses = world_model_losses(self.world_model, batch, self.weights)
         self.optimizer.zero_grad(set_to_none=True)
