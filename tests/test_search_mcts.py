@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from priorzero.search import RecurrentOutput, RootOutput, SearchParams, init_tree, plan, run_simulations
-from priorzero.search.mcts import masked_softmax, qtransform_min_max, run_simulations_graphed
+from priorzero.search.mcts import completed_q_policy, masked_softmax, qtransform_min_max, run_simulations_graphed
 from priorzero.search.root import add_dirichlet_noise, combine_priors, normalised_entropy, visit_policy
 
 Outputs = tuple[float, float, list[float]]  # reward, value, policy logits
@@ -278,3 +278,74 @@ def test_qtransform_min_max():
     assert qtransform_min_max(q, torch.tensor([1.0]), torch.tensor([3.0])).tolist() == [[0.0, 0.5, 1.0]]
     assert qtransform_min_max(q, torch.tensor([float("inf")]), torch.tensor([float("-inf")])).tolist() == q.tolist()
     assert qtransform_min_max(q, torch.tensor([1.0]), torch.tensor([1.5]), min_spread=2.0).tolist() == [[0.0, 0.5, 1.0]]
+
+
+# ---- Gumbel MuZero's completed-Q policy --------------------------------------------------------------------------
+
+
+def reference_completed_q(prior, visits, q, raw_value, valid, c_visit, c_scale, min_spread):
+    """One root, plain Python, as the Gumbel MuZero paper (appendix D) and mctx's defaults define it."""
+    visited = [a for a in valid if visits[a] > 0]
+    total = sum(visits[a] for a in valid)
+    if visited:
+        weighted = sum(prior[a] * q[a] for a in visited) / sum(prior[a] for a in visited)
+    else:
+        weighted = 0.0
+    mixed = (raw_value + total * weighted) / (total + 1)
+    completed = {a: q[a] if visits[a] > 0 else mixed for a in valid}
+    low, high = min(completed.values()), max(completed.values())
+    if high > low:
+        completed = {a: (v - low) / max(high - low, min_spread) for a, v in completed.items()}
+    scale = (c_visit + max(visits[a] for a in valid)) * c_scale
+    logits = {a: math.log(max(prior[a], 1e-300)) + scale * completed[a] for a in valid}
+    top = max(logits.values())
+    norm = sum(math.exp(v - top) for v in logits.values())
+    return [math.exp(logits[a] - top) / norm if a in logits else 0.0 for a in range(len(prior))]
+
+
+def test_completed_q_by_hand():
+    # Visited: 0 (Q 0), 1 (Q 1); unvisited 2 takes the mixed value (0.2 + 3 * (0.5 * 0 + 0.3 * 1) / 0.8) / 4 = 0.33125.
+    # Normalised over [0, 1]: unchanged; sigma scale (50 + 2) * 0.1 = 5.2.
+    out = completed_q_policy(
+        torch.tensor([[0.5, 0.3, 0.2]], dtype=torch.float64), torch.tensor([[2.0, 1.0, 0.0]], dtype=torch.float64),
+        torch.tensor([[0.0, 1.0, 7.0]], dtype=torch.float64), torch.tensor([0.2], dtype=torch.float64),
+        torch.ones(1, 3, dtype=torch.bool), 50.0, 0.1, 0.0,
+    )
+    weights = [0.5, 0.3 * math.exp(5.2), 0.2 * math.exp(5.2 * 0.33125)]
+    assert out[0].tolist() == pytest.approx([w / sum(weights) for w in weights], rel=1e-12)
+
+
+def test_completed_q_properties():
+    prior = torch.tensor([[0.6, 0.1, 0.3, 0.0], [0.25, 0.25, 0.25, 0.25]], dtype=torch.float64)
+    mask = torch.tensor([[True, True, True, False], [True, True, True, True]])
+    unvisited = torch.zeros(2, 4, dtype=torch.float64)
+    # No visit: every candidate's completed Q is the root's value, so the policy is the prior (masked stays 0).
+    out = completed_q_policy(prior, unvisited, torch.randn(2, 4, dtype=torch.float64), torch.tensor([0.3, -2.0], dtype=torch.float64), mask, 50.0, 0.1, 0.01)
+    assert torch.allclose(out, prior) and out[0, 3] == 0
+    # Equal visits, one child better: it gains weight over its prior, the others lose; the result sums to 1.
+    visits = torch.tensor([[3.0, 3.0, 3.0, 0.0], [2.0, 2.0, 2.0, 2.0]], dtype=torch.float64)
+    q = torch.tensor([[0.1, 0.5, 0.1, 9.0], [0.0, 0.0, 0.3, 0.0]], dtype=torch.float64)
+    out = completed_q_policy(prior, visits, q, torch.zeros(2, dtype=torch.float64), mask, 50.0, 0.1, 0.01)
+    assert out[0, 1] > prior[0, 1] and out[0, 0] < prior[0, 0] and out[0, 3] == 0
+    assert out[1, 2] == out[1].max() and out[1, 2] > 0.25
+    assert torch.allclose(out.sum(dim=1), torch.ones(2, dtype=torch.float64))
+    # c_scale 0: the prior itself.
+    assert torch.allclose(completed_q_policy(prior, visits, q, torch.zeros(2, dtype=torch.float64), mask, 50.0, 0.0, 0.01), prior)
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_completed_q_matches_the_reference_on_searched_trees(seed):
+    model, batch, mask, params = random_case(200 + seed)
+    params = dataclasses.replace(params, noise_alpha=0.3, noise_fraction=0.5, temperature=1.0, c_visit=50.0, c_scale=0.1)
+    root = model.initial_inference(batch)
+    out = plan(model, root, mask, params)
+    clean_prior = masked_softmax(root.policy_logits, mask)  # the target is built from the prior before noise
+    assert torch.allclose(out.improved_policy.sum(dim=1), torch.ones(batch, dtype=torch.float64))
+    assert (out.improved_policy[~mask] == 0).all()
+    for game in range(batch):
+        valid = [a for a in range(model.num_candidates) if mask[game, a]]
+        expected = reference_completed_q(
+            clean_prior[game].tolist(), out.visit_counts[game].tolist(), out.tree.children_q[game, 0].tolist(),
+            root.value[game].item(), valid, params.c_visit, params.c_scale, params.min_q_spread,
+        )
+        assert out.improved_policy[game].tolist() == pytest.approx(expected, rel=1e-9, abs=1e-12), f"game {game}"

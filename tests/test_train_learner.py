@@ -79,6 +79,29 @@ def test_updates_move_the_prior_toward_the_visits(config, records):
     assert metrics["kl"] > 0 and learner.prior.version == 3
 
 
+def test_policy_target_chooses_what_the_prior_distils(config, records):
+    """train.policy_target=completed_q trains toward each record's completed-Q policy, not its visits."""
+    import dataclasses
+
+    flipped = []
+    for r in records:  # a completed-Q policy that disagrees with the visits: all its mass on the least visited command
+        target = [0.0] * len(r.commands)
+        target[min(range(len(r.commands)), key=lambda a: (r.visit_counts[a], -a))] = 1.0
+        flipped.append(dataclasses.replace(r, policy_target=target))
+    assert flipped[0].search_policy("visits") == flipped[0].visit_policy() and flipped[0].search_policy("completed_q") == flipped[0].policy_target
+
+    def target_ce(learner) -> float:
+        with torch.no_grad():
+            log_priors = learner.prior.log_priors_with_grad([r.prompt_ids for r in flipped], [r.commands for r in flipped])
+        return float(sum(-(torch.tensor(r.policy_target) * lp).sum() for r, lp in zip(flipped, log_priors)) / len(flipped))
+
+    learner = fresh_learner(config, lm_lr=1e-3, pg_loss_weight=0.0, policy_target="completed_q")
+    before = target_ce(learner)
+    for _ in range(3):
+        learner.step(flipped)
+    assert target_ce(learner) < before - 0.05
+
+
 def test_out_of_memory_halves_the_micro_batch_and_gives_the_same_update(config, records, caplog):
     reference = fresh_learner(config, lm_micro_batch=1)
     reference.step(records)

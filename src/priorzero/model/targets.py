@@ -26,7 +26,7 @@ class StepLike(Protocol):
     done: bool
     value_target: float
 
-    def visit_policy(self) -> list[float]: ...
+    def search_policy(self, target: str = "visits") -> list[float]: ...
 
 
 def make_batch(
@@ -34,11 +34,13 @@ def make_batch(
     encoder: TextEncoder,
     next_observations: Sequence[str | None] | None = None,
     device: torch.device | str = "cpu",
+    policy_target: str = "visits",
 ) -> WorldModelBatch:
     """Segments (each a non-empty run of consecutive steps) -> one right-padded batch.
 
     next_observations[i], if given, is the observation after segment i's last step (None where the episode ended
-    there or it is unknown): it supplies the latent-consistency target of that last step.
+    there or it is unknown): it supplies the latent-consistency target of that last step. policy_target: which
+    of the search's policies the policy head learns (StepRecord.search_policy: visits or completed_q).
     """
     if not segments or any(len(segment) == 0 for segment in segments):
         raise ValueError("make_batch needs at least one segment and no empty segment")
@@ -68,7 +70,7 @@ def make_batch(
             observation_ids[b][t] = index(step.observation)
             action_ids[b][t] = index(step.commands[step.action])
             candidate_ids[b][t][:count] = [index(command) for command in step.commands]
-            policy[b][t][:count] = step.visit_policy()
+            policy[b][t][:count] = step.search_policy(policy_target)
             lengths[b][t] = count
             value[b][t], reward[b][t] = step.value_target, step.reward
             is_last = t == len(segment) - 1

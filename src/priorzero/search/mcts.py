@@ -37,6 +37,9 @@ class SearchParams:
     noise_alpha: float | None = None  # Dirichlet noise at the root (collection); None: no noise (evaluation)
     noise_fraction: float = 0.25
     temperature: float = 1.0  # the action is sampled from visits ** (1 / temperature); 0: the most visited
+    # Gumbel MuZero's completed-Q policy (completed_q_policy): sigma(q) = (c_visit + max visits) * c_scale * q.
+    c_visit: float = 50.0
+    c_scale: float = 0.1
 
     @classmethod
     def from_config(cls, search: SearchConfig, explore: bool = False) -> SearchParams:
@@ -53,6 +56,8 @@ class SearchParams:
             noise_alpha=search.root_dirichlet_alpha if explore else None,
             noise_fraction=search.root_noise_fraction,
             temperature=search.collect_temperature if explore else 0.0,
+            c_visit=search.completed_q_c_visit,
+            c_scale=search.completed_q_c_scale,
         )
 
 
@@ -78,6 +83,37 @@ def qtransform_min_max(q: Tensor, q_min: Tensor, q_max: Tensor, min_spread: floa
     """Q [B, K] normalised by the smallest and largest Q seen in each game's tree."""
     offset, denominator = q_normaliser(q_min, q_max, min_spread)
     return (q - offset) / denominator
+
+
+def completed_q_policy(
+    prior: Tensor, visits: Tensor, q: Tensor, raw_value: Tensor, mask: Tensor, c_visit: float, c_scale: float, min_spread: float
+) -> Tensor:
+    """Gumbel MuZero's improved policy at the root: softmax(log prior + sigma(completed Q)) over the unmasked
+    candidates, masked ones exactly 0. [B, K]
+
+    prior [B, K]: the probabilities the search started from (before exploration noise); visits, q [B, K]: the
+    root's children (q = reward + discount * value, read only where visited); raw_value [B]: the model's value of
+    the root before the search. An unvisited candidate's Q is completed with the mixed value, (raw_value +
+    N * sum_visited prior * q / sum_visited prior) / (N + 1) with N the root's visits, so it counts as about as good as
+    the root. The completed Q are min-max normalised over each root's candidates with `q_normaliser` (so equal
+    values stay unchanged, and the spread is floored at min_spread), then sigma(q) = (c_visit + max visits) * c_scale * q.
+    With no visit and equal values it is the prior itself.
+    """
+    mask = mask.bool()
+    tiny = torch.finfo(prior.dtype).tiny
+    visits = torch.where(mask, visits, 0)
+    visited = visits > 0
+    probs = prior.clamp(min=tiny)
+    visited_probs = torch.where(visited, probs, 0.0)
+    weighted_q = (visited_probs * torch.where(visited, q, 0.0)).sum(dim=-1) / visited_probs.sum(dim=-1).clamp(min=tiny)
+    total = visits.sum(dim=-1)
+    mixed = (raw_value.to(q.dtype) + total * weighted_q) / (total + 1)
+    completed = torch.where(visited, q, mixed.unsqueeze(-1))
+    q_min = completed.masked_fill(~mask, float("inf")).amin(dim=-1)
+    q_max = completed.masked_fill(~mask, float("-inf")).amax(dim=-1)
+    offset, denominator = q_normaliser(q_min, q_max, min_spread)
+    sigma = (c_visit + visits.amax(dim=-1, keepdim=True)) * c_scale * (completed - offset) / denominator
+    return masked_softmax(probs.log() + sigma, mask)
 
 
 def exploration_table(params: SearchParams, dtype: torch.dtype, device: torch.device) -> Tensor:

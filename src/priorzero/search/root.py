@@ -1,5 +1,6 @@
 """The root of a search: where the language model's prior meets the world model's, exploration noise, and the
-search's outputs (visit counts, visit policy with a temperature, root value, chosen action).
+search's outputs (visit counts, visit policy with a temperature, Gumbel MuZero's completed-Q policy, root value,
+chosen action).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import torch
 from torch import Tensor
 
 from priorzero.search.interface import RootOutput, SearchModel
-from priorzero.search.mcts import SearchParams, masked_softmax, run_simulations
+from priorzero.search.mcts import SearchParams, completed_q_policy, masked_softmax, run_simulations
 from priorzero.search.tree import Tree, init_tree
 
 PriorMode = Literal["replace", "mix", "adaptive"]
@@ -75,6 +76,7 @@ class SearchOutput:
     action: Tensor  # [B] long, the chosen candidate
     root_prior: Tensor  # [B, K] the prior the search started from (after mixing and noise)
     tree: Tree
+    improved_policy: Tensor  # [B, K] completed_q_policy from the prior before noise (a distillation target)
 
 
 def plan(
@@ -98,14 +100,18 @@ def plan(
         prior = masked_softmax(root.policy_logits, mask)
     else:
         prior = combine_priors(root.policy_logits, lm_prior, mask, params.prior_mode, params.lm_weight)
+    clean_prior = prior
     if params.noise_alpha is not None and params.noise_fraction > 0:
         prior = add_dirichlet_noise(prior, mask, params.noise_alpha, params.noise_fraction)
     tree = init_tree(prior, root.value, mask, params.num_simulations)
     run_simulations(model, root.state, tree, params)
     counts = tree.children_visits[:, 0]
+    improved = completed_q_policy(
+        clean_prior.to(counts.dtype), counts, tree.children_q[:, 0], root.value, mask, params.c_visit, params.c_scale, params.min_q_spread
+    )
     policy = visit_policy(counts, mask, params.temperature)
     if params.temperature == 0:
         action = policy.argmax(dim=-1)
     else:
         action = torch.multinomial(policy.float(), 1, generator=generator).squeeze(-1)
-    return SearchOutput(counts, policy, tree.node_values[:, 0], action, prior, tree)
+    return SearchOutput(counts, policy, tree.node_values[:, 0], action, prior, tree, improved)

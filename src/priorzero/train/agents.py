@@ -4,7 +4,7 @@ evaluation and `play` all use them through the one episode loop (train/episodes.
 
 An agent decides for a batch of games at once: `decide(states)` takes each game's `GameState` (observation and
 recent history) and returns one `Decision` per game, carrying what a replay record needs (prompt, prior,
-visit counts, root value) beside the chosen command. An agent that ends the episodes (a human who quits) raises
+visit counts, the completed-Q policy, root value) beside the chosen command. An agent that ends the episodes (a human who quits) raises
 `EndEpisodes`.
 """
 
@@ -57,6 +57,7 @@ class Decision:
     root_value: float  # the search's root value (0.0 without search)
     prompt_ids: list[int]  # the language model's prompt ([] without a language model)
     text: str | None = None  # a typed command that is not one of the state's (action is then -1)
+    policy_target: list[float] = field(default_factory=list)  # the search's completed-Q policy ([] without search)
 
     def command_in(self, state: GameState) -> str:
         return self.text if self.text is not None else state.commands[self.action]
@@ -157,6 +158,7 @@ class SearchAgent:
                     visit_counts=[int(v) for v in out.visit_counts[row, :count].round().tolist()],
                     root_value=float(out.root_value[row]),
                     prompt_ids=prompt_ids,
+                    policy_target=out.improved_policy[row, :count].tolist(),
                 )
             )
         return decisions

@@ -1,8 +1,8 @@
 """The replay buffer: one `StepRecord` per environment step, grouped into segments of consecutive steps.
 
 A record carries everything that step produced, side by side, so nothing can drift out of alignment: the
-text the agent saw, the commands it could choose from, the prior and the search's visit counts over exactly
-those commands, the action, and what the game returned. Records and the buffer turn into plain containers
+text the agent saw, the commands it could choose from, the prior, the search's visit counts and completed-Q
+policy over exactly those commands, the action, and what the game returned. Records and the buffer turn into plain containers
 (`state_dict`) so checkpoints load with `torch.load(weights_only=True)`.
 """
 
@@ -33,6 +33,7 @@ class StepRecord:
     episode: int = 0  # episode counter of the collector
     t: int = 0  # step index inside the episode
     value_target: float = 0.0  # n-step return from this step, set when the episode enters the buffer
+    policy_target: list[float] = dataclasses.field(default_factory=list)  # the search's completed-Q policy over `commands`
 
     @property
     def command(self) -> str:
@@ -44,6 +45,15 @@ class StepRecord:
         if total == 0:
             return [1.0 / len(self.commands)] * len(self.commands)
         return [count / total for count in self.visit_counts]
+
+    def search_policy(self, target: str = "visits") -> list[float]:
+        """What the learners distil (train.policy_target): 'visits' is `visit_policy`; 'completed_q' the search's
+        completed-Q policy (the visit policy for a record stored without one, e.g. from an older checkpoint)."""
+        if target == "completed_q" and self.policy_target:
+            return list(self.policy_target)
+        if target not in ("visits", "completed_q"):
+            raise ValueError(f"unknown policy target {target!r}; choose visits or completed_q")
+        return self.visit_policy()
 
 
 @dataclass

@@ -264,6 +264,7 @@ def _record(state: GameState, decision: Decision, result: StepResult, done: bool
         prior=list(decision.prior),
         root_value=float(decision.root_value),
         visit_counts=list(decision.visit_counts),
+        policy_target=list(decision.policy_target),
         action=decision.action,
         reward=float(result.reward),
         done=done,

@@ -2,11 +2,12 @@
 
 For a sampled step with prior p over its valid commands (log p with gradients), the loss is
 
-    visit_loss_weight * CE(visit distribution, p)                  (a) follow the search
+    visit_loss_weight * CE(search policy, p)                       (a) follow the search
   + pg_loss_weight    * -A * log p(executed command)               (b) policy gradient
   + kl_loss_weight    * KL(p || p_initial)                         (c) stay near the initial model
 
-with A = n-step return - the world model's value of the state (the search's root value when the step was
+with the search policy the visit distribution or Gumbel MuZero's completed-Q policy (train.policy_target), and
+A = n-step return - the world model's value of the state (the search's root value when the step was
 collected), normalised over the batch and clipped. LoRA adapters (peft) by default, so p_initial is the same
 model with its adapter disabled; full fine-tuning keeps a frozen copy. The learner trains `PriorModel.trainable`;
 after each step `PriorModel.weights_updated` gives the backend the new weights and a new version (the transformers
@@ -126,8 +127,8 @@ class LMLearner:
         current = self.prior.log_priors_with_grad(prompts, commands)
         visit_ce, pg, kl = [], [], []
         for example, log_p, log_p0 in zip(chunk, current, initial):
-            visits = torch.tensor(example.record.visit_policy(), device=log_p.device)
-            visit_ce.append(-(visits * log_p).sum())
+            target = torch.tensor(example.record.search_policy(self.config.policy_target), device=log_p.device, dtype=log_p.dtype)
+            visit_ce.append(-(target * log_p).sum())
             pg.append(-example.advantage * log_p[example.record.action])
             kl.append((log_p.exp() * (log_p - log_p0)).sum())
         losses = {"visit_ce": torch.stack(visit_ce).mean(), "pg": torch.stack(pg).mean(), "kl": torch.stack(kl).mean()}

@@ -153,6 +153,7 @@ class Trainer:
         self.decisions: list[Decision] = []  # this iteration's collection decisions (for the search statistics)
         self._games: PoolGames | None = None
         self._collector: EpisodeLoop | None = None
+        self._walkthrough: list | None = None
 
     @property
     def games(self) -> PoolGames:
@@ -175,6 +176,18 @@ class Trainer:
                 groups=1 if self.config.train.collection == "lockstep" else self.config.train.collect_groups,
             )
         return self._collector
+
+    def walkthrough_metrics(self) -> dict[str, float]:
+        """`walkthrough_quality` of the current prior on up to 20 states of the game's walkthrough (found once)."""
+        if self._walkthrough is None:
+            from priorzero.llm.quality import walkthrough_states
+
+            try:
+                self._walkthrough = walkthrough_states(self.config.env.env_id, self.config.env, max_states=20)[0]
+            except Exception as exc:  # a game without a walkthrough, or one that cannot replay it: no metric
+                log.info("no walkthrough states for %s (%s); the prior's walkthrough quality is not measured", self.config.env.env_id, exc)
+                self._walkthrough = []
+        return walkthrough_quality(self.prior, self._walkthrough)
 
     def close(self) -> None:
         if self.background is not None:
@@ -477,6 +490,8 @@ def train_until_done(trainer: Trainer, run: RunDir, stop: StopFlag) -> None:
 
     config = trainer.config
     total = config.train.max_env_steps or (config.train.max_iter * config.train.iteration_steps if config.train.max_iter else None)
+    if trainer.counters.iteration == 0:
+        run.log_metrics(trainer.counters.env_steps, trainer.walkthrough_metrics())  # the untrained prior's quality
     with TrainingProgress(total, trainer.counters) as progress:
         while not _limits_reached(config, trainer.counters) and not stop():
             metrics = iteration(trainer, stop, progress)
@@ -545,6 +560,7 @@ def iteration(trainer: Trainer, stop: StopFlag, progress) -> dict[str, float]:
     metrics = {
         **episode_statistics(results),
         **search_statistics(trainer.decisions),
+        **trainer.walkthrough_metrics(),
         **{key: statistics.fmean(values) if key.startswith(("wm/", "lm/")) else sum(values) for key, values in learn_metrics.items()},
         "speed/env_steps_per_s": steps / elapsed if elapsed > 0 else 0.0,
         "speed/games_wait_share": games_s / elapsed if elapsed > 0 else 0.0,
@@ -579,17 +595,45 @@ def episode_statistics(results: list[EpisodeResult]) -> dict[str, float]:
 
 
 def search_statistics(decisions: list[Decision]) -> dict[str, float]:
-    """Visit and prior entropy, and how often the language model's top command is the search's most visited."""
+    """Visit and prior entropy; how often the language model's top command is the search's most visited, and the
+    probability and reciprocal rank the language model's prior gave that command (the prior's quality, as the
+    search sees it, at the language-model version that collected the step)."""
     searched = [d for d in decisions if d.visit_counts and sum(d.visit_counts) > 0]
     if not searched:
         return {}
+    tops = [int(np.argmax(d.visit_counts)) for d in searched]
     return {
+        "search/lm_prob_of_search_top": statistics.fmean(d.prior[top] for d, top in zip(searched, tops)),
+        "search/lm_rr_of_search_top": statistics.fmean(
+            1.0 / (1 + sum(p > d.prior[top] for p in d.prior)) for d, top in zip(searched, tops)
+        ),
         "search/visit_entropy": statistics.fmean(_entropy([v / sum(d.visit_counts) for v in d.visit_counts]) for d in searched),
         "search/prior_entropy": statistics.fmean(_entropy(d.prior) for d in searched),
         "search/lm_top_is_search_top": statistics.fmean(
             float(int(np.argmax(d.prior)) == int(np.argmax(d.visit_counts))) for d in searched
         ),
         "search/root_value": statistics.fmean(d.root_value for d in searched),
+    }
+
+
+def walkthrough_quality(prior: PriorModel, states: list) -> dict[str, float]:
+    """The prior's quality on the game's walkthrough (llm/quality.py's states, prompts as the agents build them):
+    mean reciprocal rank, probability and top-1 rate of the walkthrough's command. {} for a game without one."""
+    from priorzero.envs.base import Observation
+    from priorzero.llm.quality import reciprocal_rank
+    from priorzero.train.agents import GameState
+
+    if not states:
+        return {}
+    games = [
+        GameState(Observation(s.observation, list(s.valid_commands), 0.0, None, 0), list(s.history), s.opening or s.observation)
+        for s in states
+    ]
+    _, priors = prior.priors(games)
+    return {
+        "prior/walkthrough_mrr": statistics.fmean(reciprocal_rank(p, s.target) for p, s in zip(priors, states)),
+        "prior/walkthrough_prob": statistics.fmean(float(p[s.target]) for p, s in zip(priors, states)),
+        "prior/walkthrough_top1": statistics.fmean(float(int(p.argmax()) == s.target) for p, s in zip(priors, states)),
     }
 
 
@@ -612,6 +656,8 @@ def final_evaluation(trainer: Trainer, run: RunDir, stop: StopFlag) -> dict[str,
         log.info("  %s: normalised score %.3f, win rate %.3f", name, scores[name].normalised_score, scores[name].win_rate)
     metrics = {f"eval/{name}/normalised_score": s.normalised_score for name, s in scores.items()}
     metrics.update({f"eval/{name}/win_rate": s.win_rate for name, s in scores.items()})
+    quality = trainer.walkthrough_metrics()
+    metrics.update(quality)
     if metrics:
         run.log_metrics(trainer.counters.env_steps, metrics)
-    return {"evaluation": {name: s.to_json() for name, s in scores.items()}}
+    return {"evaluation": {name: s.to_json() for name, s in scores.items()}, **({"prior_quality": quality} if quality else {})}

@@ -1,5 +1,6 @@
 """World-model updates: windows of `unroll_steps` consecutive steps sampled from the replay buffer, trained with the
-planning core's losses (value on n-step targets, reward, the search's visit distribution, latent consistency)."""
+planning core's losses (value on n-step targets, reward, the search's policy as train.policy_target says, latent
+consistency)."""
 
 from __future__ import annotations
 
@@ -36,7 +37,7 @@ class WMLearner:
     def step(self, windows: list[Segment]) -> dict[str, float]:
         """One gradient step on these windows."""
         device = next(self.world_model.parameters()).device
-        batch = make_batch([w.records for w in windows], self.encoder, [w.next_observation for w in windows], device=device)
+        batch = make_batch([w.records for w in windows], self.encoder, [w.next_observation for w in windows], device=device, policy_target=self.config.wm_policy_target or self.config.policy_target)
         self.world_model.train()
         losses = world_model_losses(self.world_model, batch, self.weights)
         self.optimizer.zero_grad(set_to_none=True)
