@@ -52,6 +52,19 @@ class RunConfig(_Section):
     name: str = Field("priorzero", description="The run's directory under runs/ (one name: no '/', no '..').")
     run_dir: Path | None = Field(None, description="Default: runs/<name>.")
     seed: int = 0
+    # Scale-out (docs/scale.md): with a cluster address, the game slots are played by collector actors on Ray nodes.
+    cluster: str | None = Field(
+        None, description="Ray cluster address (host:port, or 'auto' for the cluster this machine belongs to): collect with actors on its nodes. None: the process pool on this machine (Ray is not imported)."
+    )
+    collectors: int | None = Field(None, ge=1, le=4096, description="With run.cluster: collector actors, each playing a share of env.num_envs game slots with CPU copies of the models (default: one per node with CPUs).")
+    collector_cpus: int = Field(1, ge=1, le=1024, description="With run.cluster: CPUs Ray reserves for each collector actor; its models use that many threads.")
+
+    @field_validator("cluster")
+    @classmethod
+    def _cluster_is_an_address(cls, value: str | None) -> str | None:
+        if value is not None and (not value.strip() or any(c.isspace() for c in value)):
+            raise ValueError(f"run.cluster {value!r} must be a Ray address such as 10.0.0.1:6379, or 'auto'")
+        return value
 
     @field_validator("name")
     @classmethod
@@ -127,6 +140,12 @@ class TrainConfig(_Section):
         "pipeline", description="pipeline: a slot whose episode ends starts the next at once; lockstep: every slot plays one episode per iteration (the old loop, for comparison)."
     )
     iteration_steps: int = Field(200, ge=1, le=100_000_000, description="Environment steps per iteration (pipeline): one metrics row, one log line, the checkpoint cadence.")
+    max_policy_lag: int = Field(
+        50,
+        ge=0,
+        le=1_000_000,
+        description="With run.cluster: the most learner updates (world-model or language-model, each counted on its own) the weights a step is played with may trail the learner's latest published weights; newer weights wait for collectors further behind. On one machine every step uses the latest weights (lag 0).",
+    )
     collect_groups: int = Field(2, ge=1, le=64, description="Pipeline: game slots split into this many groups; while one group's games step and list their valid commands, the models decide for the next (1: no overlap).")
     buffer_steps: int = Field(50_000, ge=1, le=100_000_000, description="Replay buffer capacity in environment steps (oldest segments go first).")
     segment_length: int = Field(10, ge=1, le=10_000, description="Steps per replay segment (episodes are cut into segments).")

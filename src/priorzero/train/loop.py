@@ -61,6 +61,7 @@ class Counters:
     wm_updates: int = 0
     lm_updates: int = 0
     dropped_steps: int = 0  # steps of running episodes a resume could not rebuild (counted, never stored)
+    collector_restarts: int = 0  # Ray collector actors that died and were restarted (run.cluster; train/cluster.py)
     train_seconds: float = 0.0  # time spent in iterations (collection and learning), across resumes
 
 
@@ -155,7 +156,12 @@ class Trainer:
 
     @property
     def collector(self) -> EpisodeLoop:
-        """The training episodes: the exploring priorzero agent on every game slot."""
+        """The training episodes: the exploring priorzero agent on every game slot (with run.cluster: on Ray
+        collector actors, train/cluster.py, which offers the same surface)."""
+        if self._collector is None and self.config.run.cluster is not None:
+            from priorzero.train.cluster import RayCollection
+
+            self._collector = RayCollection.for_trainer(self)
         if self._collector is None:
             self._collector = EpisodeLoop(
                 self.games,
@@ -170,6 +176,8 @@ class Trainer:
     def close(self) -> None:
         if self._games is not None:
             self._games.close()
+        if self._collector is not None and self.config.run.cluster is not None:
+            self._collector.close()  # the collector actors (train/cluster.py)
 
     def agent(self, name: str, explore: bool = False):
         """An agent by name, using this trainer's current weights."""
@@ -502,6 +510,7 @@ def iteration(trainer: Trainer, stop: StopFlag, progress) -> dict[str, float]:
         "buffer/steps": float(len(trainer.buffer)),
         "updates/wm": float(counters.wm_updates),
         "updates/lm": float(counters.lm_updates),
+        **(loop.metrics() if config.run.cluster is not None else {}),  # restarts, policy lag (train/cluster.py)
     }
     if torch.cuda.is_available():
         metrics["gpu/max_allocated_gib"] = torch.cuda.max_memory_allocated() / 2**30
