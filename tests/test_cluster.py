@@ -37,11 +37,11 @@ TINY = {
     "search": {"num_simulations": 2},
     "run": {"collectors": 2},
     "train": {
-        "iteration_steps": 40,
+        "iteration_steps": 30,
         "max_policy_lag": 4,
         "wm_updates_per_step": 0.1,
         "wm_batch_size": 4,
-        "lm_updates_per_step": 0.02,
+        "lm_updates_per_step": 0.012,  # one language-model update (at step 84): a new LM version is published
         "lm_batch_size": 2,
         "lm_micro_batch": 2,
         "eval_episodes": 1,
@@ -153,7 +153,7 @@ def metrics(run: Path) -> list[dict]:
 def test_training_on_two_nodes_survives_a_killed_collector_and_resumes(cluster, tiny_config, tmp_path):
     run = tmp_path / "run"
     train = ["train", "--preset", "quick", "--config", str(tiny_config), "--cluster", cluster.address, "--run-dir", str(run)]
-    process = priorzero(*train, "--max-env-steps", "120")
+    process = priorzero(*train, "--max-env-steps", "90")
     try:
         deadline = time.monotonic() + 240
         while len(collectors()) < 2 or not metrics(run):  # both actors up, and a first iteration done
@@ -170,7 +170,8 @@ def test_training_on_two_nodes_survives_a_killed_collector_and_resumes(cluster, 
             process.kill()
     assert process.returncode == 0, stderr[-3000:]
     summary = json.loads((run / "summary.json").read_text())
-    assert summary["counters"]["env_steps"] == 120
+    assert summary["counters"]["env_steps"] == 90
+    assert summary["counters"]["lm_updates"] == 1
     assert summary["counters"]["collector_restarts"] >= 1
     log = (run / "train.log").read_text()
     assert "collector 1 died" in log and "collector_restarted" in log
@@ -178,13 +179,20 @@ def test_training_on_two_nodes_survives_a_killed_collector_and_resumes(cluster, 
     assert rows[-2]["collect/restarts"] >= 1  # the last row is the evaluation's
     assert all(row["collect/policy_lag_max"] <= TINY["train"]["max_policy_lag"] for row in rows if "collect/policy_lag_max" in row)
 
-    resumed = priorzero(*train, "--resume", "--max-env-steps", "160")
+    resumed = priorzero(*train, "--resume", "--max-env-steps", "120")
     _, stderr = resumed.communicate(timeout=400)
     assert resumed.returncode == 0, stderr[-3000:]
     summary = json.loads((run / "summary.json").read_text())
-    assert summary["counters"]["env_steps"] == 160
+    assert summary["counters"]["env_steps"] == 120
     assert summary["counters"]["dropped_steps"] == 0, "the running episodes are rebuilt in the actors by replaying their commands"
     assert "resumed" in (run / "train.log").read_text()
+    import torch
+
+    state = torch.load(run / "checkpoints" / "latest.pt", weights_only=True)
+    records = [r for segment in state["buffer"]["segments"] for r in segment["records"]]
+    records += [r for episode in state["running_episodes"] for r in episode["records"]]
+    assert len(records) == 120  # every step collected is in the buffer or a running episode, the killed ones' too
+    assert max(r["lm_version"] for r in records) == 1 and max(r["wm_version"] for r in records) > 0, "the collectors played with published weights"
     assert not collectors(), "the run ends its collector actors"
 
 
