@@ -66,7 +66,7 @@ class LocalCluster:
         self.nodes: list[subprocess.Popen] = []
 
     def start(self) -> None:
-        common = ["--node-ip-address", "127.0.0.1", "--num-cpus", "1", "--temp-dir", self.temp_dir, "--block", "--disable-usage-stats"]
+        common = ["--node-ip-address", "127.0.0.1", "--num-cpus", "1", "--temp-dir", self.temp_dir, "--object-store-memory", str(200 * 2**20), "--block", "--disable-usage-stats"]
         head = ["--head", "--port", str(self.port), "--include-dashboard=false", "--ray-client-server-port", str(free_port()), "--dashboard-agent-listen-port", str(free_port())]
         self._start_node([*head, *common])
         self._wait(lambda: _reachable(self.address), "head")
