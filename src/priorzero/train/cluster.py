@@ -141,6 +141,11 @@ class Collector:
     def __init__(self, config_data: dict[str, Any], slots: int, index: int) -> None:
         for key, value in ACTOR_ENV.items():
             os.environ.setdefault(key, value)
+        import warnings
+
+        for module in ("transformers", "peft", "torch"):  # as the CLI quiets them for itself (cli.py)
+            warnings.filterwarnings("ignore", category=FutureWarning, module=module)
+            warnings.filterwarnings("ignore", category=DeprecationWarning, module=module)
         import torch
 
         from priorzero.config import Config
@@ -332,12 +337,12 @@ class RayCollection:
         if pending:
             self.close()
             raise UserError(f"{len(pending)} of {count} collector actors did not start within {START_TIMEOUT_S:.0f} s (no node with {cpus} free CPUs, or the models failed to load: see the Ray logs)")
-        self.nodes = []
         self.incarnations: list[str | None] = []
+        self.placement: list[str] = []  # logged again at the first step, once the run's train.log exists
         for i, hello in enumerate(self.ray.get([a.hello.remote() for a in self.actors])):
-            self.nodes.append(hello["node_id"])
             self.incarnations.append(hello["incarnation"])
-            log.info("collector %d: slots %s on node %s (%s, pid %d)", i, self.owned[i], hello["node_id"][:12], hello["host"], hello["pid"])
+            self.placement.append(f"collector {i}: slots {self.owned[i]} on node {hello['node_id'][:12]} ({hello['host']}, pid {hello['pid']})")
+            log.info(self.placement[-1])
         self.episodes: dict[int, Episode] = {}  # global slot -> the driver's mirror of its running episode
         self.tasks: dict[Any, _Task] = {}  # ObjectRef of a step in flight -> what it is
         self.pending: list[tuple[Episode, EpisodeResult]] = []  # episodes ended outside step() (found on a restart)
@@ -380,6 +385,9 @@ class RayCollection:
 
     def step(self, limit: int | None = None) -> list[tuple[Episode, EpisodeResult]]:
         """Publish new weights (within the policy lag), launch the idle actors, return what at least one sent back."""
+        if self.placement:
+            log.info("collecting on %d Ray actors at %s: %s", len(self.actors), self.config.run.cluster, "; ".join(self.placement))
+            self.placement = []
         ended, self.pending = self.pending, []
         ended += self._publish()
         self._launch(limit)
