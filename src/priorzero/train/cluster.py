@@ -313,7 +313,7 @@ class RayCollection:
         self.max_lag = config.train.max_policy_lag
         self.hang_s = 3 * config.env.call_timeout_s + config.env.start_timeout_s  # a step longer than this: the actor is killed
         nodes = [n for n in cluster_nodes(self.ray) if n["alive"] and n["cpus"] > 0]
-        count = config.run.collectors or max(1, len(nodes))
+        count = config.run.collectors or max(1, min(len(nodes), self.num_slots))  # default: one per node with CPUs
         cpus = config.run.collector_cpus
         if count > self.num_slots:
             raise UserError(f"run.collectors ({count}) is more than env.num_envs ({self.num_slots}): every collector needs a game slot")
