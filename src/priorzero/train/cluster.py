@@ -23,7 +23,8 @@ runs the ordinary `EpisodeLoop` over its share of the slots (slot s belongs to a
   observation), so the checkpoint's running episodes and the episodes of a lost actor are known here.
 - Faults: actors restart (Ray's max_restarts). A step that fails because its actor died, or that takes longer
   than the hang limit (its actor is then killed), ends that actor's running episodes as truncated
-  ("collector_restarted") with the records received so far; the restart is counted (counters.collector_restarts,
+  ("collector_restarted") with the records received so far (steps it had sent to its games but not answered are
+  counted in counters.dropped_steps, as a resume counts the steps it cannot rebuild); the restart is counted (counters.collector_restarts,
   metric collect/restarts, a warning in the log) and the run goes on. An actor that stays down past
   RESTART_TIMEOUT_S stops the run (the last checkpoint is intact).
 
@@ -351,7 +352,7 @@ class RayCollection:
         self.steps = 0
         self.agent_seconds = 0.0  # summed over the actors and divided by their number: a share of wall time
         self.games_seconds = 0.0
-        self.restarts = 0
+        self.unanswered = [0] * len(self.actors)  # per actor: steps it reported sent whose records have not come yet
         self.lag_max = 0  # the largest policy lag of a step received since metrics() was last read
 
     @classmethod
@@ -517,6 +518,7 @@ class RayCollection:
                 self.pending += self._lost(i, "restarted while idle", keep=started)
             self.incarnations[i] = reply.incarnation
         self.steps += reply.steps
+        self.unanswered[i] += reply.steps - sum(len(p.records) for p in reply.progress)
         self.agent_seconds += reply.agent_seconds / len(self.actors)
         self.games_seconds += reply.games_seconds / len(self.actors)
         self.trainer.prior.cache_lookups += reply.cache_lookups
@@ -537,6 +539,8 @@ class RayCollection:
         """Actor i lost its episodes (it died and restarts): end them as truncated, count and log the restart."""
         self.incarnations[i] = None  # the next reply comes from a fresh actor
         self.trainer.counters.collector_restarts += 1
+        lost_steps, self.unanswered[i] = self.unanswered[i], 0  # sent to its games, results gone with it
+        self.trainer.counters.dropped_steps += lost_steps
         ended = []
         for slot in [s for s in self.owned[i] if s in self.episodes and s not in keep]:
             episode = self.episodes.pop(slot)
@@ -546,8 +550,8 @@ class RayCollection:
             result = EpisodeResult(self.env_id, episode.seed, len(episode.state.history), float(observation.score), observation.max_score, False, RESTARTED, episode.index)
             ended.append((episode, result))
         log.warning(
-            "collector %d died (%s) and restarts (%d restarts in this run); its %d running episodes end as truncated (%s)",
-            i, why, self.trainer.counters.collector_restarts, len(ended), RESTARTED,
+            "collector %d died (%s) and restarts (%d restarts in this run); its %d running episodes end as truncated (%s), %d steps in flight are lost (counted in dropped_steps)",
+            i, why, self.trainer.counters.collector_restarts, len(ended), RESTARTED, lost_steps,
         )
         return ended
 

@@ -60,7 +60,7 @@ class Counters:
     episodes_started: int = 0  # numbers the episodes (their seeds derive from it)
     wm_updates: int = 0
     lm_updates: int = 0
-    dropped_steps: int = 0  # steps of running episodes a resume could not rebuild (counted, never stored)
+    dropped_steps: int = 0  # steps of running episodes a resume could not rebuild, or a lost Ray collector had in flight (counted, never stored)
     collector_restarts: int = 0  # Ray collector actors that died and were restarted (run.cluster; train/cluster.py)
     train_seconds: float = 0.0  # time spent in iterations (collection and learning), across resumes
 
