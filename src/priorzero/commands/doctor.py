@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Annotated
@@ -28,6 +29,7 @@ def run_doctor(
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N (CUDA's index among the visible GPUs).")] = "auto",
     replay: Annotated[Path | None, typer.Option("--replay", help="Read a recorded NVML trace (JSON) instead of this machine's GPUs, e.g. to look at a bug report.")] = None,
     no_backends: Annotated[bool, typer.Option("--no-backends", help="Skip the backend checks (faster).")] = False,
+    cluster: Annotated[str | None, typer.Option("--cluster", help="Also show this Ray cluster's nodes, CPUs and GPUs (host:port, or auto).")] = None,
 ) -> int:
     """Show GPUs as NVML sees them, the GPU a run would pick and why, installed backends, and what to set.
 
@@ -47,11 +49,34 @@ def run_doctor(
     def collect(check_backends: bool) -> doctor.DoctorReport:
         return doctor.collect(nvml, samples, interval, lm_budget, train_budget, device, check_backends=check_backends)
 
+    nodes = _cluster_nodes(cluster) if cluster is not None else None  # an unreachable cluster is one line first
     report = collect(not no_backends)
     if watch:
         return _watch(collect, report)
+    if nodes is not None and json_:
+        print(json.dumps({**report.to_json(), "cluster": {"address": cluster, "nodes": nodes}}, indent=2))
+        return report.exit_code
     doctor.print_report(report, json_, shell)
+    if nodes is not None and not shell:
+        _print_cluster(cluster, nodes)
     return report.exit_code
+
+
+def _cluster_nodes(address: str) -> list[dict]:
+    from priorzero.train.cluster import cluster_nodes, connect
+
+    return cluster_nodes(connect(address))
+
+
+def _print_cluster(address: str, nodes: list[dict]) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"Ray cluster at {address}: {sum(n['alive'] for n in nodes)} of {len(nodes)} nodes alive")
+    for column in ("node", "address", "alive", "CPUs", "GPUs"):
+        table.add_column(column)
+    for n in nodes:
+        table.add_row(n["node_id"][:12], n["address"], "yes" if n["alive"] else "no", f"{n['cpus']:g}", f"{n['gpus']:g}")
+    Console().print(table)
 
 
 def _watch(collect, first: doctor.DoctorReport) -> int:

@@ -24,6 +24,10 @@ from priorzero.cli import (
 
 RunDirOpt = Annotated[Path | None, typer.Option("--run-dir", help="Run directory (default: runs/<run.name>).")]
 ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue the run in the run directory from its last checkpoint.")]
+ClusterOpt = Annotated[
+    str | None,
+    typer.Option("--cluster", help="Ray cluster address (host:port, or auto): collect with actors on its nodes (run.cluster; docs/scale.md)."),
+]
 
 
 def train(
@@ -38,6 +42,7 @@ def train(
     max_env_steps: MaxEnvStepsOpt = None,
     run_dir: RunDirOpt = None,
     resume: ResumeOpt = False,
+    cluster: ClusterOpt = None,
     verbose: VerboseOpt = False,
 ) -> int:
     """Train PriorZero: every game slot plays episode after episode with search while both models learn at their replay ratios.
@@ -51,6 +56,7 @@ def train(
     from priorzero.train.rundir import default_run_dir
 
     setup_logging(verbose)
+    set_ = [*(set_ or []), *([f"run.cluster={_quoted(cluster)}"] if cluster is not None else [])]  # --cluster wins over --set
     options = (preset, quick_test, config, set_, env_id, game_dir, seed, max_iter, max_env_steps)
     resolved = resolve_config(*options)
     path = run_dir if run_dir is not None else default_run_dir(resolved)
@@ -64,11 +70,22 @@ def train(
         typer.echo("priorzero: warning: --preset full is sized for a GPU and this machine has none: it will run on the CPU, "
                    "very slowly; use --preset quick for a CPU run", err=True)
     require_valid_commands(resolved.env, "training")
+    if resolved.run.cluster is not None:
+        from priorzero.train.cluster import connect
+
+        connect(resolved.run.cluster)  # no Ray, or no cluster there: one line before anything loads or is written
     set_crash_log(path / "train.log")
     try:
         return run_training(resolved, run_dir=run_dir, resume=resume)
     finally:
         set_crash_log(None)
+
+
+def _quoted(text: str) -> str:
+    """`text` as a YAML string, so that --set reads an address as text."""
+    import json
+
+    return json.dumps(text)
 
 
 def _has_cuda() -> bool:

@@ -49,6 +49,14 @@ def normalised_advantages(records: Sequence[StepRecord], clip: float) -> list[fl
     return np.clip(standardised, -clip, clip).tolist()
 
 
+def with_lora(model: torch.nn.Module, train_config: TrainConfig) -> torch.nn.Module:
+    """The model wrapped with LoRA adapters as train.lora_rank and train.lora_alpha say (the learner trains them;
+    a Ray collector wraps its copy the same way, so the published adapter weights load by name)."""
+    from peft import LoraConfig, get_peft_model
+
+    return get_peft_model(model, LoraConfig(r=train_config.lora_rank, lora_alpha=train_config.lora_alpha, lora_dropout=0.0))
+
+
 class LMLearner:
     DRIFT_STATES = 2  # states of each batch on which a separate engine's prior is compared after the update
 
@@ -57,10 +65,7 @@ class LMLearner:
         self.config = train_config
         model = prior.trainable.model
         if train_config.lm_finetune == "lora":
-            from peft import LoraConfig, get_peft_model
-
-            lora = LoraConfig(r=train_config.lora_rank, lora_alpha=train_config.lora_alpha, lora_dropout=0.0)
-            model = get_peft_model(model, lora)
+            model = with_lora(model, train_config)
             prior.trainable.model = model  # the transformers backend shares `trainable`: it scores with the adapter from now on
             self._initial = None  # the initial model is this one with its adapter disabled
         else:

@@ -65,7 +65,8 @@ class Counters:
     episodes_started: int = 0  # numbers the episodes (their seeds derive from it)
     wm_updates: int = 0
     lm_updates: int = 0
-    dropped_steps: int = 0  # steps of running episodes a resume could not rebuild (counted, never stored)
+    dropped_steps: int = 0  # steps of running episodes a resume could not rebuild, or a lost Ray collector had in flight (counted, never stored)
+    collector_restarts: int = 0  # Ray collector actors that died and were restarted (run.cluster; train/cluster.py)
     train_seconds: float = 0.0  # time spent in iterations (collection and learning), across resumes
 
 
@@ -142,7 +143,8 @@ class Trainer:
         )
         self.world_model = WorldModel(shape).to(self.device).eval()  # what the learner trains
         # what the collection searches with: the same model, or a copy taking the learner's weights between steps
-        self.acting_world_model = copy.deepcopy(self.world_model) if config.train.max_policy_lag > 0 else self.world_model
+        background = config.train.max_policy_lag > 0 and config.run.cluster is None
+        self.acting_world_model = copy.deepcopy(self.world_model) if background else self.world_model
         self.wm_learner = WMLearner(self.world_model, self.encoder, config.train, config.model)
         self.lm_learner = LMLearner(self.prior, config.train) if config.train.lm_finetune != "off" else None
         self.buffer = ReplayBuffer(config.train.buffer_steps, config.train.segment_length)
@@ -165,7 +167,12 @@ class Trainer:
 
     @property
     def collector(self) -> EpisodeLoop:
-        """The training episodes: the exploring priorzero agent on every game slot."""
+        """The training episodes: the exploring priorzero agent on every game slot (with run.cluster: on Ray
+        collector actors, train/cluster.py, which offers the same surface)."""
+        if self._collector is None and self.config.run.cluster is not None:
+            from priorzero.train.cluster import RayCollection
+
+            self._collector = RayCollection.for_trainer(self)
         if self._collector is None:
             self._collector = EpisodeLoop(
                 self.games,
@@ -194,6 +201,8 @@ class Trainer:
             self.background.close()
         if self._games is not None:
             self._games.close()
+        if self._collector is not None and self.config.run.cluster is not None:
+            self._collector.close()  # the collector actors (train/cluster.py)
 
     def agent(self, name: str, explore: bool = False):
         """An agent by name, using this trainer's current weights (collection: the acting copy of the world model)."""
@@ -232,7 +241,7 @@ class Trainer:
             return
         train = self.config.train
         learners = [("lm", self.lm_learner, train.lm_updates_per_step)]
-        if train.max_policy_lag > 0:
+        if train.max_policy_lag > 0 and self.config.run.cluster is None:  # a cluster's collectors play in other processes already
             self._learn_in_background(should_stop, metrics, finish)
         else:
             learners.insert(0, ("wm", self.wm_learner, train.wm_updates_per_step))
@@ -571,6 +580,7 @@ def iteration(trainer: Trainer, stop: StopFlag, progress) -> dict[str, float]:
         "buffer/steps": float(len(trainer.buffer)),
         "updates/wm": float(counters.wm_updates),
         "updates/lm": float(counters.lm_updates),
+        **(loop.metrics() if config.run.cluster is not None else {}),  # restarts, policy lag (train/cluster.py)
     }
     if torch.cuda.is_available():
         metrics["gpu/max_allocated_gib"] = torch.cuda.max_memory_allocated() / 2**30

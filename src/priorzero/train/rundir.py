@@ -168,8 +168,16 @@ def check_writable(path: Path) -> None:
         raise UserError(f"run directory {path} cannot be written ({existing}: {exc.strerror}); pass --run-dir DIR somewhere writable") from None
 
 
-# Keys that may change between a run and its resume: how long it runs, not what it does.
-_RESUMABLE_KEYS = {("train", "max_iter"), ("train", "max_env_steps"), ("train", "max_minutes"), ("run", "run_dir")}
+# Keys that may change between a run and its resume: how long it runs and where it collects, not what it does.
+_RESUMABLE_KEYS = {
+    ("train", "max_iter"),
+    ("train", "max_env_steps"),
+    ("train", "max_minutes"),
+    ("run", "run_dir"),
+    ("run", "cluster"),
+    ("run", "collectors"),
+    ("run", "collector_cpus"),
+}
 
 
 def config_differences(stored: Config, current: Config) -> list[str]:

@@ -1,0 +1,235 @@
+"""`priorzero train --cluster` on a real Ray cluster of two nodes on the loopback address (issue 12).
+
+A head and a second node are started with `ray start --block` in process groups of their own (one CPU each), so
+the two collector actors land on different nodes; teardown ends exactly those process groups. One run collects
+on both nodes, has one collector killed mid-run (`ray.kill` through its name), finishes with the kill counted,
+and is resumed from its checkpoint through the cluster with a larger step limit. Without Ray these tests skip.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+try:
+    import ray
+except ImportError:
+    ray = None
+
+pytestmark = pytest.mark.slow
+needs_ray = pytest.mark.skipif(ray is None, reason="Ray is not installed (pip install 'priorzero[ray]'; ./run-tests installs it)")
+
+RAY = str(Path(sys.executable).with_name("ray"))
+# Two nodes, two collectors of two slots each; short episodes, tiny search, light learning: about 1 step/s on 2 cores.
+TINY = {
+    "env": {"num_envs": 4, "max_episode_steps": 8},
+    "llm": {"history_steps": 1, "prompt_tokens": 384},
+    "search": {"num_simulations": 2},
+    "run": {"collectors": 2},
+    "train": {
+        "iteration_steps": 30,
+        "max_policy_lag": 4,
+        "wm_updates_per_step": 0.1,
+        "wm_batch_size": 4,
+        "lm_updates_per_step": 0.012,  # one language-model update (at step 84): a new LM version is published
+        "lm_batch_size": 2,
+        "lm_micro_batch": 2,
+        "eval_episodes": 1,
+        "eval_agents": ["random"],
+    },
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class LocalCluster:
+    """A Ray head and a worker node on 127.0.0.1, each `ray start --block` in its own process group."""
+
+    def __init__(self) -> None:
+        self.temp_dir = tempfile.mkdtemp(prefix="pzray-", dir="/tmp")  # short: Ray's socket paths must fit
+        self.port = free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self.nodes: list[subprocess.Popen] = []
+
+    def start(self) -> None:
+        common = ["--node-ip-address", "127.0.0.1", "--num-cpus", "1", "--temp-dir", self.temp_dir, "--object-store-memory", str(200 * 2**20), "--block", "--disable-usage-stats"]
+        head = ["--head", "--port", str(self.port), "--include-dashboard=false", "--ray-client-server-port", str(free_port()), "--dashboard-agent-listen-port", str(free_port())]
+        self._start_node([*head, *common])
+        self._wait(lambda: _reachable(self.address), "head")
+        self._start_node(["--address", self.address, "--dashboard-agent-listen-port", str(free_port()), *common])
+        ray.init(address=self.address, namespace="priorzero", logging_level="WARNING")
+        self._wait(lambda: sum(n["Alive"] for n in ray.nodes()) == 2, "second node")
+
+    def _start_node(self, args: list[str]) -> None:
+        log = open(Path(self.temp_dir) / f"node{len(self.nodes)}.log", "w")
+        self.nodes.append(subprocess.Popen([RAY, "start", *args], stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
+
+    def _wait(self, ready, what: str, timeout: float = 90) -> None:
+        deadline = time.monotonic() + timeout
+        while not ready():
+            if time.monotonic() > deadline or any(node.poll() is not None for node in self.nodes):
+                raise RuntimeError(f"the local Ray cluster's {what} did not come up; see {self.temp_dir}/node*.log")
+            time.sleep(0.5)
+
+    def stop(self) -> None:
+        """End the nodes' process groups (SIGTERM, then SIGKILL): only what this cluster started."""
+        if ray.is_initialized():
+            ray.shutdown()
+        for node in reversed(self.nodes):
+            _signal_group(node.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 15
+        for node in self.nodes:
+            try:
+                node.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass
+        for node in self.nodes:
+            _signal_group(node.pid, signal.SIGKILL)  # raylets and workers left in the group
+            node.wait(timeout=10)
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _reachable(address: str) -> bool:
+    host, port = address.split(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    local = LocalCluster()
+    try:
+        local.start()
+        yield local
+    finally:
+        local.stop()
+
+
+@pytest.fixture(scope="module")
+def tiny_config(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("config") / "tiny.yaml"
+    path.write_text(yaml.safe_dump(TINY))
+    return path
+
+
+def priorzero(*args: str, **kwargs) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "priorzero.cli", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+
+
+def collectors() -> list:
+    names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if a["name"].startswith("priorzero-collector-")]
+    return [ray.get_actor(name, namespace="priorzero") for name in sorted(names)]
+
+
+def metrics(run: Path) -> list[dict]:
+    path = run / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+
+
+@needs_ray
+def test_training_on_two_nodes_survives_a_killed_collector_and_resumes(cluster, tiny_config, tmp_path):
+    run = tmp_path / "run"
+    train = ["train", "--preset", "quick", "--config", str(tiny_config), "--cluster", cluster.address, "--run-dir", str(run)]
+    process = priorzero(*train, "--max-env-steps", "90")
+    try:
+        deadline = time.monotonic() + 240
+        while len(collectors()) < 2 or not metrics(run):  # both actors up, and a first iteration done
+            assert process.poll() is None, process.communicate()[1][-3000:]
+            assert time.monotonic() < deadline, "the run did not finish its first iteration in time"
+            time.sleep(1)
+        actors = collectors()
+        nodes = {ray.get(actor.hello.remote())["node_id"] for actor in actors}
+        assert len(nodes) == 2, "the two collectors must run on different nodes"
+        ray.kill(actors[1], no_restart=False)  # Ray restarts it; its episodes in flight end as truncated
+        _, stderr = process.communicate(timeout=400)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 0, stderr[-3000:]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["counters"]["env_steps"] == 90
+    assert summary["counters"]["lm_updates"] == 1
+    assert summary["counters"]["collector_restarts"] >= 1
+    log = (run / "train.log").read_text()
+    assert "collector 1 died" in log and "collector_restarted" in log
+    rows = metrics(run)
+    assert rows[-2]["collect/restarts"] >= 1  # the last row is the evaluation's
+    assert all(row["collect/policy_lag_max"] <= TINY["train"]["max_policy_lag"] for row in rows if "collect/policy_lag_max" in row)
+
+    resumed = priorzero(*train, "--resume", "--max-env-steps", "120")
+    _, stderr = resumed.communicate(timeout=400)
+    assert resumed.returncode == 0, stderr[-3000:]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["counters"]["env_steps"] == 120
+    assert "could not be rebuilt" not in (run / "train.log").read_text(), "the running episodes are rebuilt in the actors by replaying their commands"
+    assert "resumed" in (run / "train.log").read_text()
+    import torch
+
+    state = torch.load(run / "checkpoints" / "latest.pt", weights_only=True)
+    records = [r for segment in state["buffer"]["segments"] for r in segment["records"]]
+    records += [r for episode in state["running_episodes"] for r in episode["records"]]
+    # every step collected is in the buffer or a running episode (the killed collector's too), except those its
+    # games had not answered when it died: those are counted as dropped
+    assert len(records) + summary["counters"]["dropped_steps"] == 120
+    assert max(r["lm_version"] for r in records) == 1 and max(r["wm_version"] for r in records) > 0, "the collectors played with published weights"
+    assert not collectors(), "the run ends its collector actors"
+
+
+@needs_ray
+def test_an_unreachable_cluster_is_one_line_and_writes_nothing(tmp_path):
+    run = tmp_path / "run"
+    process = priorzero("train", "--preset", "quick", "--cluster", f"127.0.0.1:{free_port()}", "--run-dir", str(run))
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 2
+    assert stderr.strip().count("\n") == 0 and "cannot reach the Ray cluster" in stderr
+    assert not run.exists()
+
+
+def test_cluster_without_ray_is_one_line(tmp_path):
+    run = tmp_path / "run"
+    code = "import sys; sys.modules['ray'] = None; from priorzero.cli import main; sys.exit(main(sys.argv[1:]))"
+    process = subprocess.run(
+        [sys.executable, "-c", code, "train", "--preset", "quick", "--cluster", "auto", "--run-dir", str(run)], capture_output=True, text=True, timeout=120
+    )
+    assert process.returncode == 2
+    assert "needs Ray, which is not installed" in process.stderr and process.stderr.strip().count("\n") == 0
+    assert not run.exists()
+
+
+def test_the_default_path_never_imports_ray():
+    code = "import sys, priorzero.cli, priorzero.train.loop, priorzero.train.episodes; assert 'ray' not in sys.modules, 'ray imported'"
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+@needs_ray
+def test_doctor_shows_the_cluster(cluster):
+    process = subprocess.run(
+        [sys.executable, "-m", "priorzero.cli", "doctor", "--no-backends", "--samples", "1", "--json", "--cluster", cluster.address],
+        capture_output=True, text=True, timeout=120,
+    )
+    report = json.loads(process.stdout)
+    nodes = report["cluster"]["nodes"]
+    assert len(nodes) == 2 and all(n["alive"] and n["cpus"] == 1.0 for n in nodes)
