@@ -235,7 +235,7 @@ class Trainer:
 
     def learn(self, should_stop, metrics: dict[str, list[float]], finish: bool = False) -> None:
         """The updates the replay ratio owes for the steps collected so far (none while the buffer is empty).
-        With train.max_policy_lag > 0 the world model's run in the background; this waits only where the weights
+        With train.max_policy_lag > 0 the world model's updates run in the background; this waits only where the weights
         the next step acts with would trail more than that (`finish`: until all are done, at the end of a run)."""
         if not len(self.buffer):
             return
