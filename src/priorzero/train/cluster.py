@@ -171,13 +171,7 @@ class Collector:
             self.prior.trainable.model = with_lora(self.prior.trainable.model, config.train)
         self.prior.trainable.model.eval()
         self.encoder = TextEncoder("cpu")
-        shape = WorldModelShape(
-            text_dim=self.encoder.dim,
-            latent_dim=config.model.latent_dim,
-            num_layers=config.model.num_layers,
-            num_heads=config.model.num_heads,
-            support_size=config.model.support_size,
-        )
+        shape = WorldModelShape.from_config(config.model, self.encoder.dim)
         self.world_model = WorldModel(shape).eval()
         self.versions: tuple[int, int] | None = None  # (lm, wm) of the loaded weights; None: none loaded yet
         agent = SearchAgent(self.world_model, self.encoder, config.search, config.model.context_window, self.prior, explore=True)

@@ -134,13 +134,7 @@ class Trainer:
         self.prior: PriorModel = self.startup.prior
         self.device = self.startup.train_device
         self.encoder = TextEncoder(self.device)
-        shape = WorldModelShape(
-            text_dim=self.encoder.dim,
-            latent_dim=config.model.latent_dim,
-            num_layers=config.model.num_layers,
-            num_heads=config.model.num_heads,
-            support_size=config.model.support_size,
-        )
+        shape = WorldModelShape.from_config(config.model, self.encoder.dim)
         self.world_model = WorldModel(shape).to(self.device).eval()  # what the learner trains
         # what the collection searches with: the same model, or a copy taking the learner's weights between steps
         background = config.train.max_policy_lag > 0 and config.run.cluster is None
