@@ -1,6 +1,7 @@
 """Score every valid command of many game states in a few packed forward passes; turn the scores into a prior.
 
     score_candidates(model, prompts, candidates, token_budget, grad=False, attention="auto") -> list[CandidateScores]
+    scores_on_host(scores) -> list[CandidateScores]                              # one copy to the CPU, for priors
     candidate_prior(scores, reduction="sum", temperature=1.0, stats=None) -> Tensor[K]
     score_each_alone(model, prompts, candidates) -> list[CandidateScores]      # the slow reference
 
@@ -323,10 +324,19 @@ def score_candidates(
         sums = torch.zeros(sum(sizes), device=device)
         for chunk in _chunks(_pieces(prompts, candidates, token_budget), token_budget):
             sums = sums + _score_chunk(model, prompts, candidates, chunk, offsets, sum(sizes), attention)
-    return [
-        CandidateScores(logprob_sum=game_sums, num_tokens=torch.tensor([len(c) for c in cands], device=device))
-        for game_sums, cands in zip(sums.split(sizes), candidates)
-    ]
+    num_tokens = torch.tensor([len(c) for cands in candidates for c in cands], dtype=torch.long).to(device)
+    return [CandidateScores(game_sums, game_tokens) for game_sums, game_tokens in zip(sums.split(sizes), num_tokens.split(sizes))]
+
+
+def scores_on_host(scores: list[CandidateScores]) -> list[CandidateScores]:
+    """The same scores on the CPU, in one copy per field (not one per game): what a prior is computed from when
+    no gradient is wanted, so that its checks (`candidate_prior`) do not wait on the device game by game."""
+    sizes = [len(s.logprob_sum) for s in scores]
+    if not scores:
+        return []
+    sums = torch.cat([s.logprob_sum.detach() for s in scores]).cpu()
+    tokens = torch.cat([s.num_tokens for s in scores]).cpu()
+    return [CandidateScores(a, b) for a, b in zip(sums.split(sizes), tokens.split(sizes))]
 
 
 def score_each_alone(model, prompts: list[list[int]], candidates: list[list[list[int]]]) -> list[CandidateScores]:

@@ -134,6 +134,8 @@ class SearchAgent:
         self.prior = prior
 
     def decide(self, states: list[GameState]) -> list[Decision]:
+        """One batched search for `states`. On a GPU the host touches the device a fixed number of times per
+        decision, not per game: inputs are built on the host and moved whole, outputs are copied back whole."""
         from priorzero.search.root import plan
 
         if self.prior is not None:
@@ -141,51 +143,54 @@ class SearchAgent:
         else:
             prompts, priors = [[] for _ in states], [torch.tensor(uniform(len(s.commands))) for s in states]
         root_inputs = self._root_inputs(states)
+        device = root_inputs[3].device
+        counts = [len(state.commands) for state in states]
+        mask = torch.arange(root_inputs[3].shape[1]) < torch.tensor(counts).unsqueeze(1)
+        lm_prior = torch.nn.utils.rnn.pad_sequence([prior.float().cpu() for prior in priors], batch_first=True)
         root = self.world_model.initial_inference(*root_inputs, num_simulations=self.params.num_simulations)
-        mask = root_inputs[3].new_zeros(root_inputs[3].shape[:2], dtype=torch.bool)
-        lm_prior = torch.zeros(mask.shape, device=mask.device)
-        for row, (state, prior) in enumerate(zip(states, priors)):
-            mask[row, : len(state.commands)] = True
-            lm_prior[row, : len(state.commands)] = prior.to(mask.device)
-        out = plan(self.world_model, root, mask, self.params, lm_prior=lm_prior if self.prior is not None else None)
-        decisions = []
-        for row, (state, prior, prompt_ids) in enumerate(zip(states, priors, prompts)):
-            count = len(state.commands)
-            decisions.append(
-                Decision(
-                    action=int(out.action[row]),
-                    prior=prior.tolist(),
-                    visit_counts=[int(v) for v in out.visit_counts[row, :count].round().tolist()],
-                    root_value=float(out.root_value[row]),
-                    prompt_ids=prompt_ids,
-                    policy_target=out.improved_policy[row, :count].tolist(),
-                )
+        out = plan(
+            self.world_model, root, mask.to(device), self.params,
+            lm_prior=lm_prior.to(device) if self.prior is not None else None,
+        )
+        actions = out.action.tolist()
+        visits = out.visit_counts.round().cpu()
+        values = out.root_value.tolist()
+        targets = out.improved_policy.cpu()
+        return [
+            Decision(
+                action=actions[row],
+                prior=prior.tolist(),
+                visit_counts=[int(v) for v in visits[row, :count].tolist()],
+                root_value=values[row],
+                prompt_ids=prompt_ids,
+                policy_target=targets[row, :count].tolist(),
             )
-        return decisions
+            for row, (prior, prompt_ids, count) in enumerate(zip(priors, prompts, counts))
+        ]
 
     def _root_inputs(self, states: list[GameState]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """observations [B, W, E] left-padded, past actions [B, W-1, E], context mask [B, W], candidates [B, K, E]."""
+        """observations [B, W, E] left-padded, past actions [B, W-1, E], context mask [B, W], candidates [B, K, E].
+
+        Every distinct text is encoded once; each field is then one gather from those embeddings (row 0: zeros, the
+        padding) by an index table built on the host."""
         window = self.context_window
         recents = [state.recent(window) for state in states]
         texts = [text for obs, taken in recents for text in obs + taken] + [c for state in states for c in state.commands]
-        table = dict(zip(texts, self.encoder.encode(texts)))
+        row_of = {text: row for row, text in enumerate(dict.fromkeys(texts), start=1)}
         device = next(self.world_model.parameters()).device
-        dim = self.encoder.dim
+        embeddings = self.encoder.encode(list(row_of))
+        table = torch.cat([embeddings.new_zeros(1, self.encoder.dim), embeddings]).to(device)
         width = max(len(state.commands) for state in states)
-        observations = torch.zeros(len(states), window, dim, device=device)
-        actions = torch.zeros(len(states), max(window - 1, 0), dim, device=device)
-        context = torch.zeros(len(states), window, dtype=torch.bool, device=device)
-        candidates = torch.zeros(len(states), width, dim, device=device)
+        observations = [[0] * window for _ in states]
+        actions = [[0] * max(window - 1, 0) for _ in states]
+        candidates = [[0] * width for _ in states]
         for row, ((obs, taken), state) in enumerate(zip(recents, states)):
             offset = window - len(obs)  # left padding
-            for j, text in enumerate(obs):
-                observations[row, offset + j] = table[text]
-                context[row, offset + j] = True
-            for j, command in enumerate(taken):  # the command between observation j and j + 1 of the window
-                actions[row, offset + j] = table[command]
-            for k, command in enumerate(state.commands):
-                candidates[row, k] = table[command]
-        return observations, actions, context, candidates
+            observations[row][offset:] = [row_of[text] for text in obs]
+            actions[row][offset : offset + len(taken)] = [row_of[command] for command in taken]  # between obs j and j + 1
+            candidates[row][: len(state.commands)] = [row_of[command] for command in state.commands]
+        rows = [torch.tensor(field, dtype=torch.long).to(device) for field in (observations, actions, candidates)]
+        return table[rows[0]], table[rows[1]], rows[0] > 0, table[rows[2]]
 
 
 class HumanAgent:

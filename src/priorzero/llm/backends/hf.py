@@ -19,7 +19,7 @@ import torch
 from priorzero.llm.loading import LanguageModel, load_language_model
 from priorzero.llm.prior import PreparedState, PriorInput
 from priorzero.llm.prompts import build_prompt, encode_candidates
-from priorzero.llm.scorer import PriorStats, candidate_prior, score_candidates
+from priorzero.llm.scorer import PriorStats, candidate_prior, score_candidates, scores_on_host
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +83,4 @@ class HFPrior:
         scores = score_candidates(
             self.lm.model, [p.prompt_ids for p in prepared], [p.candidate_ids for p in prepared], self.token_budget
         )
-        return [
-            candidate_prior(s, self.config.score_reduction, self.config.prior_temperature, self.stats).cpu()
-            for s in scores
-        ]
+        return [candidate_prior(s, self.config.score_reduction, self.config.prior_temperature, self.stats) for s in scores_on_host(scores)]
