@@ -43,10 +43,11 @@ train)
   timeout -s INT "${TRAIN_S:-200}" python3 -c 'from priorzero.cli import main; raise SystemExit(main())' train --preset full \
     --env-id "${GAME:-detective.z5}" --set env.num_envs="${NUM_ENVS:-64}" --max-env-steps "${STEPS:-1500}" --set train.eval_agents=[] \
     --run-dir "/tmp/pz-$label" ${EXTRA:-} >"$out/train-$label.log" 2>&1
-  echo "$label: rc $? wall $(echo "$(date +%s.%N) - $start" | bc) s"
+  echo "$label: rc $? wall $(python3 -c "import time; print(round(time.time() - $start, 1))") s"
   kill "$smi"
   cp "/tmp/pz-$label/metrics.jsonl" "$out/metrics-$label.jsonl" 2>/dev/null
   grep -h "steps/s" "$out/train-$label.log" | tail -3
+  python3 scripts/gpu_summary.py "$label" "$out/metrics-$label.jsonl" "$out/util-$label.txt" "$out/train-$label.log" | tee -a "$out/summary.txt"
   ;;
 profile)
   # where the training command's time goes: `train --preset full` under cProfile, GPU utilisation sampled each second

@@ -21,6 +21,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from priorzero.train.buffer import records_from_state
+
 try:
     import ray
 except ImportError:
@@ -189,12 +191,12 @@ def test_training_on_two_nodes_survives_a_killed_collector_and_resumes(cluster, 
     import torch
 
     state = torch.load(run / "checkpoints" / "latest.pt", weights_only=True)
-    records = [r for segment in state["buffer"]["segments"] for r in segment["records"]]
-    records += [r for episode in state["running_episodes"] for r in episode["records"]]
+    records = records_from_state(state["buffer"]["records"])
+    records += [r for episode in state["running_episodes"] for r in records_from_state(episode["records"])]
     # every step collected is in the buffer or a running episode (the killed collector's too), except those its
     # games had not answered when it died: those are counted as dropped
     assert len(records) + summary["counters"]["dropped_steps"] == 120
-    assert max(r["lm_version"] for r in records) == 1 and max(r["wm_version"] for r in records) > 0, "the collectors played with published weights"
+    assert max(r.lm_version for r in records) == 1 and max(r.wm_version for r in records) > 0, "the collectors played with published weights"
     assert not collectors(), "the run ends its collector actors"
 
 

@@ -101,3 +101,34 @@ def test_base_model_layout_without_chat_template(tokenizer):
     text = base.decode(build_prompt(base, HISTORY[:1], OBSERVATION, VALID, LLMConfig()).token_ids)
     assert text.endswith("\n> ") and "Current observation:" in text
     assert base.decode(encode_candidates(base, ["take knife"])[0]) == " take knife"
+
+
+@pytest.mark.parametrize("budget", [80, 120, 160, 200, 260, 400, 2000])
+def test_cached_template_and_bisection_give_the_prompt_rendered_in_full_each_time(tokenizer, budget):
+    """The reference: the chat template rendered for every candidate prompt, history dropped one step at a time."""
+    from priorzero.llm.prompts import INSTRUCTIONS, _user_message
+
+    def reference(history, observation):
+        for dropped in range(len(history) + 1):
+            messages = [{"role": "system", "content": INSTRUCTIONS}, {"role": "user", "content": _user_message(history[dropped:], observation, None)}]
+            text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+            if len(ids) <= budget:
+                return ids, dropped
+        return None
+
+    config = LLMConfig(history_steps=5, prompt_tokens=budget, show_valid_commands=False, show_opening=False)
+    expected = reference(HISTORY, OBSERVATION)
+    if expected is None:
+        pytest.skip("not even the observation alone fits: the shortening path, tested elsewhere")
+    result = build_prompt(tokenizer, HISTORY, OBSERVATION, VALID, config)
+    assert (result.token_ids, result.truncated_steps) == expected
+
+
+def test_batched_cached_candidates_equal_one_call_per_command(tokenizer):
+    commands = ["open fridge", " take knife ", "go north", "open fridge", "put the knife in the fridge", "x"]
+    one_by_one = [tokenizer(c.strip(), add_special_tokens=False)["input_ids"] + [tokenizer.convert_tokens_to_ids("<|im_end|>")] for c in commands]
+    assert encode_candidates(tokenizer, commands) == one_by_one
+    first = encode_candidates(tokenizer, commands)
+    first[0].append(-1)  # callers own what they get: the cache is not changed through it
+    assert encode_candidates(tokenizer, commands) == one_by_one

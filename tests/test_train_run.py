@@ -18,6 +18,8 @@ import pytest
 import torch
 import yaml
 
+from priorzero.train.buffer import record_count, records_from_state
+
 pytestmark = pytest.mark.slow
 
 # A dozen environment steps: 2 games, 4-step episodes, 6 steps per iteration, 2 iterations. The first
@@ -65,9 +67,9 @@ def checkpoint(run: Path) -> dict:
 
 def replay(state: dict) -> list[tuple]:
     """Every step record of a checkpoint: the replay buffer's, then the running episodes'."""
-    records = [r for segment in state["buffer"]["segments"] for r in segment["records"]]
-    records += [r for episode in state["running_episodes"] for r in episode["records"]]
-    return [(r["episode"], r["t"], r["observation"], r["action"], r["visit_counts"], [round(p, 5) for p in r["prior"]], r["lm_version"]) for r in records]
+    records = records_from_state(state["buffer"]["records"])
+    records += [r for episode in state["running_episodes"] for r in records_from_state(episode["records"])]
+    return [(r.episode, r.t, r.observation, r.action, r.visit_counts, [round(p, 5) for p in r.prior], r.lm_version) for r in records]
 
 
 @pytest.fixture(scope="module")
@@ -98,8 +100,8 @@ def test_quick_path_writes_a_complete_run_directory(reference_run):
         assert key in training_rows[-1], key
     state = checkpoint(reference_run)
     assert state["language_model"]["version"] == 3
-    assert [r["lm_version"] for segment in state["buffer"]["segments"] for r in segment["records"]] == [0] * 8  # before any update
-    assert sorted({r["lm_version"] for episode in state["running_episodes"] for r in episode["records"]}) == [2]
+    assert state["buffer"]["records"]["lm_version"].tolist() == [0] * 8  # before any update
+    assert sorted({v for episode in state["running_episodes"] for v in episode["records"]["lm_version"].tolist()}) == [2]
     assert any("lora_" in name for name in state["language_model"]["weights"])  # the adapter, not the whole model
 
 
@@ -125,7 +127,7 @@ def test_kill_during_checkpoint_write_keeps_the_previous_one_and_resume_matches_
             process.kill()
     assert latest.read_bytes() == first_bytes
     assert checkpoint(run)["counters"]["iteration"] == 1
-    assert [len(e["records"]) for e in checkpoint(run)["running_episodes"]] == [3, 3]  # rebuilt by replay on resume
+    assert [record_count(e["records"]) for e in checkpoint(run)["running_episodes"]] == [3, 3]  # rebuilt by replay on resume
     checkpoint_time_before_kill = checkpoint(run)["counters"]["train_seconds"]
 
     result = priorzero("train", "--resume", "--run-dir", str(run), "--max-iter", "2")  # the run's own config
@@ -243,7 +245,7 @@ def test_background_world_model_learning_keeps_the_replay_ratio_and_resumes(tmp_
     lags = [row["wm/policy_lag"] for row in rows if "wm/policy_lag" in row]
     assert lags and all(0 <= value <= 2 for value in lags)
     state = checkpoint(run)
-    running = [r["wm_version"] for episode in state["running_episodes"] for r in episode["records"]]
+    running = [v for episode in state["running_episodes"] for v in episode["records"]["wm_version"].tolist()]
     assert running and max(running) > 0  # the steps after the first episodes ended acted with learned weights
 
     result = priorzero("train", "--resume", "--run-dir", str(run), "--max-iter", "3")

@@ -8,7 +8,7 @@ import torch
 
 from priorzero.config import Config, build_config, config_to_yaml
 from priorzero.errors import UserError
-from priorzero.train.buffer import ReplayBuffer, StepRecord, n_step_returns, split_into_segments
+from priorzero.train.buffer import ReplayBuffer, StepRecord, n_step_returns, records_from_state, records_to_state, split_into_segments
 from priorzero.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from priorzero.train.rundir import RunDir
 
@@ -82,6 +82,22 @@ def test_checkpoint_round_trip_with_weights_only_restores_buffer_and_every_rng(t
     restored = ReplayBuffer.from_state_dict(loaded["buffer"])
     assert list(restored.records()) == list(buffer.records())
     assert [s.next_observation for s in restored.segments] == [s.next_observation for s in buffer.segments]
+
+
+def test_records_stored_as_columns_come_back_equal_with_their_python_types(tmp_path):
+    records = episode([0.0, 1.0, -0.25]) + [
+        StepRecord("no commands listed", [], [], [], 0.1, [], 0, 0.0, True, 3, wm_version=7, game="zork1.z5", episode=9, t=2,
+                   value_target=1 / 3, policy_target=[]),
+        StepRecord("x" * 5, ["a", "b", "c"], list(range(300)), [0.2, 0.3, 0.5], -1e-300, [0, 49, 1], 1, 2.5, False, 1,
+                   game="detective.z5", policy_target=[0.1, 0.8, 0.1]),
+    ]  # fmt: skip
+    save_checkpoint(tmp_path / "c.pt", {"config": config_to_yaml(Config()), "records": records_to_state(records), "none": records_to_state([])})
+    loaded = load_checkpoint(tmp_path / "c.pt")  # torch.load(weights_only=True) inside
+    restored = records_from_state(loaded["records"])
+    assert restored == records
+    for ours, theirs in zip(restored, records, strict=True):
+        assert [type(v) for v in vars(ours).values()] == [type(v) for v in vars(theirs).values()]
+    assert records_from_state(loaded["none"]) == []
 
 
 def test_missing_or_broken_checkpoint_is_a_user_error(tmp_path):

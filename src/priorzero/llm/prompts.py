@@ -16,6 +16,7 @@ text loses its end, then the observation loses its beginning; all are counted in
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 
 from priorzero.errors import UserError
@@ -58,10 +59,32 @@ def has_chat_template(tokenizer) -> bool:
     return bool(getattr(tokenizer, "chat_template", None))
 
 
+def _render_chat(tokenizer, user_message: str) -> str:
+    messages = [{"role": "system", "content": INSTRUCTIONS}, {"role": "user", "content": user_message}]
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+_PROBE = "\x00priorzero user message\x00"
+_chat_frames: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # tokenizer -> the text around the user's message
+
+
+def _chat_frame(tokenizer) -> tuple[str, str] | None:
+    """The chat template's text before and after the user's message, rendered once per tokenizer (rendering the
+    Jinja template cost a millisecond per prompt); None for a template that does more than insert the message,
+    which is then rendered every time."""
+    if tokenizer not in _chat_frames:
+        rendered = _render_chat(tokenizer, _PROBE)
+        before, found, after = rendered.partition(_PROBE)
+        probe = "Current observation:\n  A room. \n\nWhat command?"
+        exact = found and _PROBE not in after and _render_chat(tokenizer, probe) == before + probe + after
+        _chat_frames[tokenizer] = (before, after) if exact else None
+    return _chat_frames[tokenizer]
+
+
 def _encode(tokenizer, user_message: str) -> list[int]:
     if has_chat_template(tokenizer):
-        messages = [{"role": "system", "content": INSTRUCTIONS}, {"role": "user", "content": user_message}]
-        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        frame = _chat_frame(tokenizer)
+        text = frame[0] + user_message + frame[1] if frame is not None else _render_chat(tokenizer, user_message)
         return tokenizer(text, add_special_tokens=False)["input_ids"]
     text = f"{INSTRUCTIONS}\n\n{user_message}\n> "
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -84,10 +107,19 @@ def build_prompt(
     opening = opening.strip() if config.show_opening else ""
     recent = list(history[-config.history_steps :]) if config.history_steps > 0 else []
     budget = config.prompt_tokens
-    for dropped in range(len(recent) + 1):
-        ids = _encode(tokenizer, _user_message(recent[dropped:], observation_text, commands, opening))
+    # The fewest oldest history steps to drop, by bisection: dropping more never lengthens the prompt.
+    fits: dict[int, list[int]] = {}
+    low, high = 0, len(recent)  # the answer is in [low, high], or none fits when even `high` does not
+    while low <= high:
+        middle = (low + high) // 2
+        ids = _encode(tokenizer, _user_message(recent[middle:], observation_text, commands, opening))
         if len(ids) <= budget:
-            return PromptResult(ids, truncated_steps=dropped)
+            fits[middle], high = ids, middle - 1
+        else:
+            low = middle + 1
+    if fits:
+        dropped = min(fits)
+        return PromptResult(fits[dropped], truncated_steps=dropped)
     # No history fits: the opening loses its end (the goal comes first), then the observation its beginning.
     cut_opening = 0
     if opening:
@@ -129,12 +161,18 @@ def _shorten(tokenizer, text: str, keep_start: bool, budget: int, render) -> tup
 def encode_candidates(tokenizer, commands: list[str]) -> list[list[int]]:
     """Each command's token ids as typed after the prompt; with a chat template, followed by the end-of-turn token."""
     end = _end_of_turn_id(tokenizer)
-    encoded = []
-    for command in commands:
-        text = command.strip() if end is not None else " " + command.strip()
-        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-        encoded.append(ids + ([end] if end is not None else []))
-    return encoded
+    texts = [command.strip() if end is not None else " " + command.strip() for command in commands]
+    known = _candidate_ids.setdefault(tokenizer, {})
+    if len(known) > 100_000:
+        known.clear()
+    missing = list(dict.fromkeys(text for text in texts if text not in known))
+    if missing:  # one batched call: the fast tokenizers encode a batch in one go
+        for text, ids in zip(missing, tokenizer(missing, add_special_tokens=False)["input_ids"]):
+            known[text] = ids + ([end] if end is not None else [])
+    return [list(known[text]) for text in texts]
+
+
+_candidate_ids: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # tokenizer -> command text -> its ids (commands repeat)
 
 
 def _end_of_turn_id(tokenizer) -> int | None:

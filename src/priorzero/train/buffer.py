@@ -3,17 +3,19 @@
 A record carries everything that step produced, side by side, so nothing can drift out of alignment: the
 text the agent saw, the commands it could choose from, the prior, the search's visit counts and completed-Q
 policy over exactly those commands, the action, and what the game returned. Records and the buffer turn into plain containers
-(`state_dict`) so checkpoints load with `torch.load(weights_only=True)`.
+and tensors (`records_to_state`, `state_dict`) so checkpoints load with `torch.load(weights_only=True)`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from collections import deque
 from dataclasses import dataclass
 from typing import Any, Iterable
 
 import numpy as np
+import torch
 
 
 @dataclass
@@ -54,6 +56,50 @@ class StepRecord:
         if target not in ("visits", "completed_q"):
             raise ValueError(f"unknown policy target {target!r}; choose visits or completed_q")
         return self.visit_policy()
+
+
+_NUMBERS = {  # the records' numeric fields, one tensor each in a checkpoint (float64 holds a Python float exactly)
+    "root_value": torch.float64, "action": torch.int64, "reward": torch.float64, "done": torch.bool,
+    "lm_version": torch.int64, "wm_version": torch.int64, "episode": torch.int64, "t": torch.int64,
+    "value_target": torch.float64,
+}  # fmt: skip
+_LISTS = {"prompt_ids": torch.int32, "prior": torch.float64, "visit_counts": torch.int64, "policy_target": torch.float64}  # token ids < 2**31
+_TEXTS = ("observation", "game")
+assert set(_NUMBERS) | set(_LISTS) | set(_TEXTS) | {"commands"} == {f.name for f in dataclasses.fields(StepRecord)}
+
+
+def records_to_state(records: list[StepRecord]) -> dict[str, Any]:
+    """Records as columns for a checkpoint: one tensor per numeric field, one flat tensor and a length tensor per
+    list field, plain lists for the texts. A checkpoint of a replay buffer then pickles a few dozen objects per
+    field instead of one per number (torch.save's pickler costs a Python call per object)."""
+    state: dict[str, Any] = {name: [getattr(r, name) for r in records] for name in _TEXTS}
+    state["commands"] = [c for r in records for c in r.commands]
+    state["commands_lengths"] = torch.tensor([len(r.commands) for r in records], dtype=torch.int64)
+    for name, dtype in _NUMBERS.items():
+        state[name] = torch.tensor([getattr(r, name) for r in records], dtype=dtype)
+    for name, dtype in _LISTS.items():
+        state[name] = torch.tensor([v for r in records for v in getattr(r, name)], dtype=dtype)
+        state[f"{name}_lengths"] = torch.tensor([len(getattr(r, name)) for r in records], dtype=torch.int64)
+    return state
+
+
+def records_from_state(state: dict[str, Any]) -> list[StepRecord]:
+    """The records `records_to_state` stored, equal field by field (same Python types and values)."""
+
+    def split(values: list, lengths: torch.Tensor) -> list[list]:
+        ends = list(itertools.accumulate(lengths.tolist()))
+        return [values[start:end] for start, end in zip([0, *ends], ends)]
+
+    columns: dict[str, list] = {name: state[name] for name in _TEXTS}
+    columns["commands"] = split(state["commands"], state["commands_lengths"])
+    columns.update({name: state[name].tolist() for name in _NUMBERS})
+    columns.update({name: split(state[name].tolist(), state[f"{name}_lengths"]) for name in _LISTS})
+    names = list(columns)
+    return [StepRecord(**dict(zip(names, values))) for values in zip(*columns.values())]
+
+
+def record_count(state: dict[str, Any]) -> int:
+    return len(state["observation"])
 
 
 @dataclass
@@ -141,17 +187,16 @@ class ReplayBuffer:
         return {
             "capacity": self.capacity,
             "segment_length": self.segment_length,
-            "segments": [
-                {"records": [dataclasses.asdict(record) for record in segment.records], "next_observation": segment.next_observation}
-                for segment in self.segments
-            ],
+            "records": records_to_state(list(self.records())),
+            "segment_lengths": [len(segment) for segment in self.segments],
+            "next_observations": [segment.next_observation for segment in self.segments],
         }
 
     @classmethod
     def from_state_dict(cls, state: dict[str, Any]) -> ReplayBuffer:
         buffer = cls(state["capacity"], state["segment_length"])
-        for segment in state["segments"]:
-            records = [StepRecord(**record) for record in segment["records"]]
-            buffer.segments.append(Segment(records, segment["next_observation"]))
-            buffer.num_steps += len(records)
+        records = iter(records_from_state(state["records"]))
+        for length, following in zip(state["segment_lengths"], state["next_observations"]):
+            buffer.segments.append(Segment(list(itertools.islice(records, length)), following))
+            buffer.num_steps += length
         return buffer

@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 from priorzero.errors import UserError
 from priorzero.train.agents import GameState
-from priorzero.train.buffer import StepRecord
+from priorzero.train.buffer import StepRecord, records_from_state
 from priorzero.train.episodes import Episode, EpisodeResult
 
 if TYPE_CHECKING:
@@ -423,7 +423,7 @@ class RayCollection:
             for local, observation in rebuilt:
                 s = mine[self._global(i, local)]
                 state = GameState(observation, [tuple(pair) for pair in s["history"]], s["first_text"])
-                self.episodes[s["slot"]] = Episode(s["slot"], s["index"], s["seed"], state, [StepRecord(**r) for r in s["records"]])
+                self.episodes[s["slot"]] = Episode(s["slot"], s["index"], s["seed"], state, records_from_state(s["records"]))
         return dropped
 
     def metrics(self) -> dict[str, float]:

@@ -16,12 +16,12 @@ of training waits until every slot is free. Each step becomes a `StepRecord` (se
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol, Sequence
 
 from priorzero.envs.base import Observation, StepResult
 from priorzero.train.agents import Agent, Decision, EndEpisodes, GameState
-from priorzero.train.buffer import StepRecord
+from priorzero.train.buffer import StepRecord, records_from_state, records_to_state
 
 NO_COMMANDS = "no valid commands"
 
@@ -78,7 +78,7 @@ class Episode:
             "seed": self.seed,
             "first_text": self.state.first_text,
             "history": [list(pair) for pair in self.state.history],
-            "records": [asdict(record) for record in self.records],
+            "records": records_to_state(self.records),
         }
 
 
@@ -252,7 +252,7 @@ class EpisodeLoop:
                 state.history.append((command, response))
                 state.observation = result.observation
         for slot, s in replaying.items():
-            self.episodes[slot].records = [StepRecord(**record) for record in s["records"]]
+            self.episodes[slot].records = records_from_state(s["records"])
         return dropped
 
 

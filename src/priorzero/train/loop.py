@@ -44,7 +44,7 @@ from priorzero.errors import UserError
 from priorzero.fileio import write_json_atomic
 from priorzero.train.agents import Decision, LLMAgent, PriorModel, RandomAgent, SearchAgent
 from priorzero.train.background import BackgroundWorldModel
-from priorzero.train.buffer import ReplayBuffer
+from priorzero.train.buffer import ReplayBuffer, record_count
 from priorzero.train.checkpoint import CHECKPOINT_NAME, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from priorzero.train.episodes import EpisodeLoop, EpisodeResult, Interrupted, PoolGames
 from priorzero.train.evaluator import EVAL_SEED_OFFSET, AgentScore, evaluate
@@ -52,7 +52,7 @@ from priorzero.train.rundir import RunDir, default_run_dir
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_FORMAT = 2
+CHECKPOINT_FORMAT = 3  # 3: records stored as columns (train/buffer.py:records_to_state)
 EXIT_INTERRUPTED = 130
 HEARTBEAT_S = 30.0  # a progress line in the log at least this often inside an iteration
 
@@ -308,8 +308,9 @@ class Trainer:
         self.sampler.bit_generator.state = state["sampler"]
         dropped = self.collector.restore(state["running_episodes"])
         for episode in dropped:
-            log.warning("episode %d (slot %d) could not be rebuilt by replaying its commands; its %d steps are dropped", episode["index"], episode["slot"], len(episode["records"]))
-            self.counters.dropped_steps += len(episode["records"])
+            steps = record_count(episode["records"])
+            log.warning("episode %d (slot %d) could not be rebuilt by replaying its commands; its %d steps are dropped", episode["index"], episode["slot"], steps)
+            self.counters.dropped_steps += steps
 
 
 def owed_updates(ratio: float, env_steps: int) -> int:
