@@ -176,3 +176,67 @@ def test_place_for_run_passes_the_count_and_records_the_gpus(monkeypatch):
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     placed = place_for_run("auto", "20GiB", nvml=server("idle", "busy", "idle", "churn"), samples=SAMPLES, interval_s=0, count="auto")
     assert chosen(placed) == [0, 2] and len(placed.gpus) == 4 and skipped(placed) == {1: "busy", 3: "busy"}
+
+
+def _trace(tmp_path, *kinds) -> str:
+    """The server written as a trace file, by the code that records real ones."""
+    from priorzero.gpu.fake import record_trace
+
+    path = tmp_path / "server.json"
+    record_trace(server(*kinds), path, SAMPLES, 0, meta={"what": f"{len(kinds)} GPUs: {', '.join(kinds)}"}, sleep=lambda s: None)
+    return str(path)
+
+
+def doctor(capsys, *args):
+    from priorzero.cli import main
+
+    code = main(["doctor", "--no-backends", "--samples", str(SAMPLES), "--interval", "0", "--gpu-memory", "20GiB", *args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture
+def _clean_env(monkeypatch, tmp_path):
+    for key in ("CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER", "VLLM_USE_V1", "RAY_ADDRESS"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("PRIORZERO_CACHE_DIR", str(tmp_path))
+
+
+@pytest.mark.usefixtures("_clean_env")
+def test_doctor_lists_the_chosen_gpus_and_why_the_others_get_none(capsys, tmp_path):
+    import json
+
+    trace = _trace(tmp_path, "churn", "idle", "busy", "idle")
+    code, out, _ = doctor(capsys, "--replay", trace, "--gpus", "auto", "--json")
+    recommendation = json.loads(out)["recommendation"]
+    assert [s["nvml_index"] for s in recommendation["scorers"]] == [1, 3] and recommendation["device"] == "cuda:1"
+    assert [(s["index"], s["kind"]) for s in recommendation["skipped"]] == [(0, "busy"), (2, "busy")]
+    code, out, _ = doctor(capsys, "--replay", trace, "--gpus", "auto")
+    assert "Scorer: cuda:3" in out and "Not used: GPU 2 — busy: 100% busy" in out
+    code, out, _ = doctor(capsys, "--replay", trace, "--gpus", "2", "--shell")
+    assert "export CUDA_VISIBLE_DEVICES=1,3 CUDA_DEVICE_ORDER=PCI_BUS_ID" in out
+    code, out, _ = doctor(capsys, "--replay", trace, "--json")  # one GPU, as always; the others are listed too
+    recommendation = json.loads(out)["recommendation"]
+    assert [s["nvml_index"] for s in recommendation["scorers"]] == [1] and len(recommendation["skipped"]) == 3
+
+
+@pytest.mark.usefixtures("_clean_env")
+@pytest.mark.parametrize("gpus, message", [("5", "--gpus 5 asks for 5 GPUs but only 4 can hold the budget"), ("two", "must be a number of GPUs")])
+def test_doctor_with_more_gpus_than_qualify_is_one_line(capsys, tmp_path, gpus, message):
+    code, out, err = doctor(capsys, "--replay", _trace(tmp_path, "churn", "idle", "busy", "idle"), "--gpus", gpus)
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--gpus", "0"], "invalid config value for gpu.count"),
+        (["--gpus", "2", "--cluster", "127.0.0.1:1"], "with run.cluster the collector actors score on their own CPUs"),
+    ],
+)
+def test_train_with_a_bad_gpu_count_is_one_line_and_writes_nothing(capsys, tmp_path, args, message):
+    from priorzero.cli import main
+
+    code = main(["train", "--preset", "quick", "--run-dir", str(tmp_path / "run"), *args])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1 and not (tmp_path / "run").exists()
