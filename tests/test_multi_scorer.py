@@ -133,3 +133,35 @@ def test_outside_episodes_the_states_of_a_failed_scorer_are_scored_by_the_others
     assert failed.value.positions == [0, 2] and failed.value.reason == SCORER_FAILED
     _, priors = prior.priors_retrying(loose)
     assert len(priors) == 3 and prior.live == [1]
+
+
+@pytest.mark.slow
+def test_a_run_goes_on_when_a_scorer_fails_and_says_so(tmp_path, monkeypatch, default_game_file):
+    """A real run of two iterations on two game slots; the second scorer's 'GPU' fails once the first iteration is done."""
+    import json
+
+    from priorzero.train import loop
+
+    real_iteration = loop.iteration
+
+    def iteration_then_a_gpu_fails(trainer, stop, progress):
+        metrics = real_iteration(trainer, stop, progress)
+        if trainer.counters.iteration == 1:
+            fail(trainer.prior.scorers[1])
+        return metrics
+
+    monkeypatch.setattr(loop, "iteration", iteration_then_a_gpu_fails)
+    tiny = ["env.num_envs=2", "env.max_episode_steps=4", "search.num_simulations=4", "train.iteration_steps=6", "train.max_iter=2",
+            "train.wm_updates_per_step=0.5", "train.wm_batch_size=4", "train.lm_updates_per_step=0.25", "train.eval_episodes=1",
+            "train.eval_agents=[random]"]  # fmt: skip
+    config = build_config(preset="quick", overrides=OVERRIDES + tiny)
+    run = tmp_path / "run"
+    assert loop.run_training(config, run_dir=run) == 0
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    per_iteration = [(r["lm/scorers_live"], r["lm/scorer_failures"]) for r in rows if "lm/scorers_live" in r]
+    assert per_iteration == [(2.0, 0.0), (1.0, 1.0)]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["counters"]["scorer_failures"] == 1 and summary["counters"]["env_steps"] == 12
+    log = (run / "train.log").read_text()
+    assert "scorer 1 (hf on cpu) raised RuntimeError: CUDA error: unspecified launch failure" in log and "1 scorer(s) go on" in log
+    assert [s["trains"] for s in json.loads((run / "startup.json").read_text())["scorers"]] == [True, False]

@@ -147,9 +147,10 @@ def plan_placement(
     count = parse_count(count)
     requested = parse_device(device)
     if device == "cpu":
+        cpu = cpu_placement("the CPU was asked for (--device cpu)")
         scorers = 1 if count == "auto" else count
-        cpus = tuple(cpu_placement("the CPU was asked for (--device cpu)" + (f"; scorer {i + 1} of {scorers}" if scorers > 1 else "")) for i in range(scorers))
-        return PlacementPlan(cpus[0], cpus[0], cpus[:1], lms=cpus)
+        cpus = (cpu,) if scorers == 1 else tuple(replace(cpu, reason=f"{cpu.reason}; scorer {i + 1} of {scorers}") for i in range(scorers))
+        return PlacementPlan(cpus[0], cpu, cpus[:1], lms=cpus)
     if requested is not None and isinstance(count, int) and count > 1:
         raise UserError(f"--device {device} names one GPU but --gpus {count} asks for {count}; use --device auto (or cuda) with --gpus, or CUDA_VISIBLE_DEVICES to pick them")
     visible = parse_visible_devices(visible_devices, [s.latest for s in statuses])
