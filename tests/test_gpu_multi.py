@@ -240,3 +240,14 @@ def test_train_with_a_bad_gpu_count_is_one_line_and_writes_nothing(capsys, tmp_p
     code = main(["train", "--preset", "quick", "--run-dir", str(tmp_path / "run"), *args])
     err = capsys.readouterr().err
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1 and not (tmp_path / "run").exists()
+
+
+def test_several_vllm_scorers_are_refused_before_anything_loads(monkeypatch):
+    from priorzero.config import build_config
+    from priorzero.llm import startup
+
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.setattr("priorzero.llm.backends.vllm.import_vllm", lambda: None)  # as if vLLM were installed
+    config = build_config(overrides=["llm.backend=vllm", "gpu.count=2", "llm.gpu_memory=20GiB"])
+    with pytest.raises(UserError, match="llm.backend=vllm with 2 scorers is not built yet"):
+        startup.start_prior(config, nvml=server("idle", "idle"))

@@ -30,6 +30,7 @@ from typing import Any, Callable
 import torch
 
 from priorzero.config import Config
+from priorzero.errors import UserError
 from priorzero.gpu.budget import format_size
 from priorzero.llm.prior import PriorModel
 
@@ -58,6 +59,11 @@ def start_prior(config: Config, nvml: Any = None, sleep: Callable[[float], None]
         import_vllm()  # a missing vLLM is one line before anything loads
     began = clock()
     plan = place_for_run(llm.device, llm.gpu_memory, config.gpu.train_memory, nvml, count=config.gpu.count)
+    if llm.backend == "vllm" and len(plan.scorers) > 1:
+        raise UserError(
+            f"llm.backend=vllm with {len(plan.scorers)} scorers is not built yet (vLLM puts every engine of one process on the "
+            "first GPU CUDA_VISIBLE_DEVICES shows); use --gpus 1 with vLLM, or llm.backend=hf with --gpus"
+        )
     if plan.lm.is_gpu and nvml is None:
         from priorzero.gpu.nvml import open_nvml
 
