@@ -158,22 +158,17 @@ class PriorModel:
         def run(index: int) -> list[torch.Tensor]:
             return self.scorers[index].prior_from_prepared(list(shares[index].values()))
 
-        if len(shares) > 1:
+        if len(shares) > 1:  # each scorer's share in a thread of its own: the GPUs score at once
             self._pool = self._pool or ThreadPoolExecutor(len(self.scorers), thread_name_prefix="scorer")
-            futures = {index: self._pool.submit(run, index) for index in shares}
-            outcomes = {}
-            for index, future in futures.items():
-                try:
-                    outcomes[index] = future.result()
-                except Exception as exc:
-                    outcomes[index] = exc
+            calls = {index: self._pool.submit(run, index).result for index in shares}
         else:
-            outcomes = {}
-            for index in shares:
-                try:
-                    outcomes[index] = run(index)
-                except Exception as exc:
-                    outcomes[index] = exc
+            calls = {index: (lambda index=index: run(index)) for index in shares}
+        outcomes: dict[int, list[torch.Tensor] | Exception] = {}
+        for index, call in calls.items():
+            try:
+                outcomes[index] = call()
+            except Exception as exc:
+                outcomes[index] = exc
         failed: dict[int, str] = {}
         for index, outcome in outcomes.items():
             if isinstance(outcome, Exception):
