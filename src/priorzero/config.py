@@ -48,6 +48,19 @@ def _check_budget(value: object, info: ValidationInfo) -> str | None:
 Budget = Annotated[str | None, BeforeValidator(_check_budget)]
 
 
+def _check_count(value: object) -> int | str:
+    """gpu.count: a whole number of GPUs >= 1 or 'auto' (YAML and --set read '2' as a number)."""
+    from priorzero.gpu.placement import parse_count
+
+    try:
+        return parse_count(value)  # type: ignore[arg-type]
+    except UserError as exc:
+        raise ValueError(str(exc)) from None
+
+
+GpuCount = Annotated[int | str, BeforeValidator(_check_count)]
+
+
 class RunConfig(_Section):
     name: str = Field("priorzero", description="The run's directory under runs/ (one name: no '/', no '..').")
     run_dir: Path | None = Field(None, description="Default: runs/<name>.")
@@ -185,6 +198,9 @@ class TrainConfig(_Section):
 
 
 class GPUConfig(_Section):
+    count: GpuCount = Field(
+        1, description="GPUs that each get a language-model scorer (and a share of the game slots): N, or auto (every visible GPU whose stable free memory holds llm.gpu_memory and that is not busy); with llm.device=cpu, N scorers on the CPU."
+    )
     train_memory: Budget = Field(None, description="Trainer's budget on its GPU: bytes ('20GiB') or a fraction of free memory ('0.3'); default: share the LM's GPU.")
     start_attempts: int = Field(3, ge=1, le=1000, description="Start attempts per GPU before moving to the next GPU.")
     start_backoff_s: float = Field(2.0, gt=0, description="Wait after the first failed start; doubles after each further failure.")
@@ -200,6 +216,15 @@ class Config(_Section):
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
     gpu: GPUConfig = GPUConfig()
+
+    @model_validator(mode="after")
+    def _scorers_are_local(self) -> "Config":
+        if self.run.cluster is not None and self.gpu.count != 1:
+            raise ValueError(
+                f"gpu.count={self.gpu.count} places scorers for collection on this machine, but with run.cluster the collector "
+                "actors score on their own CPUs; leave gpu.count at 1 with --cluster"
+            )
+        return self
 
 
 # Presets are partial configs layered over the defaults.
@@ -296,6 +321,8 @@ def _describe(error: dict[str, Any], raw: dict[str, Any]) -> str:
         allowed = ", ".join(model.model_fields)
         return f"unknown config key {key!r}; allowed keys{' in ' + str(section) if section else ''}: {allowed}"
     message = error["msg"].removeprefix("Value error, ")  # our validators' messages are whole sentences
+    if not error["loc"]:  # a rule across sections: its message names the keys
+        return f"invalid config: {message}"
     return f"invalid config value for {key} ({error['input']!r}): {message}"
 
 

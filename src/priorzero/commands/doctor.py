@@ -16,6 +16,7 @@ from priorzero.gpu import doctor
 from priorzero.gpu.budget import parse_budget
 from priorzero.gpu.fake import FakeNvml
 from priorzero.gpu.nvml import NvmlLike, NvmlUnavailable, open_nvml
+from priorzero.gpu.placement import parse_count
 
 
 def run_doctor(
@@ -27,6 +28,7 @@ def run_doctor(
     gpu_memory: Annotated[str | None, typer.Option("--gpu-memory", help="Language-model budget to place: a size (20GiB) or a fraction of free memory (0.5).")] = None,
     train_memory: Annotated[str | None, typer.Option("--train-memory", help="Trainer budget to place, like --gpu-memory; default: share the LM's GPU.")] = None,
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N (CUDA's index among the visible GPUs).")] = "auto",
+    gpus: Annotated[str, typer.Option("--gpus", help="GPUs to place a language-model scorer on: N, or auto (every quiet GPU that holds the budget).")] = "1",
     replay: Annotated[Path | None, typer.Option("--replay", help="Read a recorded NVML trace (JSON) instead of this machine's GPUs, e.g. to look at a bug report.")] = None,
     no_backends: Annotated[bool, typer.Option("--no-backends", help="Skip the backend checks (faster).")] = False,
     cluster: Annotated[str | None, typer.Option("--cluster", help="Also show this Ray cluster's nodes, CPUs and GPUs (host:port, or auto).")] = None,
@@ -37,6 +39,7 @@ def run_doctor(
     """
     if json_ and shell:
         raise UserError("--json and --shell cannot be combined; pick one output format")
+    count = parse_count(gpus)
     lm_budget = parse_budget(gpu_memory) if gpu_memory is not None else None
     train_budget = parse_budget(train_memory) if train_memory is not None else None
     if replay is not None and replay.is_dir():
@@ -47,7 +50,7 @@ def run_doctor(
         raise UserError(f"cannot read NVML trace {replay}: {exc.strerror}; pass a trace file recorded by priorzero") from None
 
     def collect(check_backends: bool) -> doctor.DoctorReport:
-        return doctor.collect(nvml, samples, interval, lm_budget, train_budget, device, check_backends=check_backends)
+        return doctor.collect(nvml, samples, interval, lm_budget, train_budget, device, check_backends=check_backends, count=count)
 
     nodes = _cluster_nodes(cluster) if cluster is not None else None  # an unreachable cluster is one line first
     report = collect(not no_backends)

@@ -24,6 +24,10 @@ from priorzero.cli import (
 
 RunDirOpt = Annotated[Path | None, typer.Option("--run-dir", help="Run directory (default: runs/<run.name>).")]
 ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue the run in the run directory from its last checkpoint.")]
+GpusOpt = Annotated[
+    str | None,
+    typer.Option("--gpus", help="GPUs that each get a language-model scorer and a share of the games: N, or auto (every quiet GPU that holds the budget; gpu.count)."),
+]
 ClusterOpt = Annotated[
     str | None,
     typer.Option("--cluster", help="Ray cluster address (host:port, or auto): collect with actors on its nodes (run.cluster; docs/scale.md)."),
@@ -43,6 +47,7 @@ def train(
     run_dir: RunDirOpt = None,
     resume: ResumeOpt = False,
     cluster: ClusterOpt = None,
+    gpus: GpusOpt = None,
     verbose: VerboseOpt = False,
 ) -> int:
     """Train PriorZero: every game slot plays episode after episode with search while both models learn at their replay ratios.
@@ -57,6 +62,7 @@ def train(
 
     setup_logging(verbose)
     set_ = [*(set_ or []), *([f"run.cluster={_quoted(cluster)}"] if cluster is not None else [])]  # --cluster wins over --set
+    set_ += [f"gpu.count={_quoted(gpus)}"] if gpus is not None else []  # so does --gpus
     options = (preset, quick_test, config, set_, env_id, game_dir, seed, max_iter, max_env_steps)
     resolved = resolve_config(*options)
     path = run_dir if run_dir is not None else default_run_dir(resolved)

@@ -26,7 +26,7 @@ from priorzero.gpu import inventory
 from priorzero.gpu.budget import BudgetSpec, format_size
 from priorzero.gpu.inventory import GpuStatus
 from priorzero.gpu.nvml import NvmlLike, NvmlUnavailable
-from priorzero.gpu.placement import STABILITY_BUCKET_BYTES, PlacementPlan, plan_placement
+from priorzero.gpu.placement import STABILITY_BUCKET_BYTES, GpuCount, PlacementPlan, plan_placement
 from priorzero.gpu.visible import parse_visible_devices
 
 ENV_VARS = (
@@ -52,6 +52,8 @@ class Recommendation:
     budget_bytes: int | None = None
     train_device: str | None = None
     train_reason: str | None = None
+    scorers: list[dict[str, Any]] = field(default_factory=list)  # one per GPU that gets a scorer (gpu.count), best first
+    skipped: list[dict[str, Any]] = field(default_factory=list)  # every other GPU, with why it gets none
 
 
 @dataclass
@@ -90,6 +92,7 @@ def collect(
     device: str = "auto",
     environ: Mapping[str, str] | None = None,
     check_backends: bool = True,
+    count: GpuCount = 1,
 ) -> DoctorReport:
     environ = dict(os.environ if environ is None else environ)
     problems: list[str] = []
@@ -98,7 +101,7 @@ def collect(
         gpus, nvml_text = [], f"unavailable: {nvml.reason}"
     else:
         gpus, nvml_text = inventory.sample(nvml, samples, interval_s), f"driver {nvml.driver_version()}"
-    recommendation = _recommend(gpus, nvml_text, lm_budget, train_budget, device, environ, problems)
+    recommendation = _recommend(gpus, nvml_text, lm_budget, train_budget, device, environ, problems, count)
     _check_environment(gpus, environ, problems, advice)
     backends = check_all_backends(environ, has_gpus=bool(gpus)) if check_backends else []
     for backend in backends:
@@ -114,6 +117,7 @@ def _recommend(
     device: str,
     environ: Mapping[str, str],
     problems: list[str],
+    count: GpuCount = 1,
 ) -> Recommendation | None:
     """The placement a run would get now. Bad options raise; a bad CUDA_VISIBLE_DEVICES is reported."""
     visible = environ.get("CUDA_VISIBLE_DEVICES")
@@ -122,7 +126,7 @@ def _recommend(
     except UserError as exc:
         problems.append(str(exc))
         return None
-    plan: PlacementPlan = plan_placement(gpus, lm_budget, train_budget, device, visible, no_gpu_reason=f"NVML {nvml_text}")
+    plan: PlacementPlan = plan_placement(gpus, lm_budget, train_budget, device, visible, no_gpu_reason=f"NVML {nvml_text}", count=count)
     lm, train = plan.lm, plan.train
     return Recommendation(
         device=lm.device,
@@ -132,6 +136,11 @@ def _recommend(
         budget_bytes=lm.budget_bytes,
         train_device=train.device,
         train_reason=train.reason,
+        scorers=[
+            {"device": p.device, "nvml_index": p.gpu.index if p.gpu else None, "budget_bytes": p.budget_bytes, "reason": p.reason}
+            for p in plan.scorers
+        ],
+        skipped=[s.to_json() for s in plan.skipped],
     )
 
 
@@ -276,7 +285,8 @@ def shell_lines(report: DoctorReport) -> list[str]:
         if not report.gpus:  # no GPU at all: CUDA's numbering does not matter
             return [f"# {rec.reason}", "# no GPU: nothing to export"]
         return [f"# {rec.reason}", "export CUDA_DEVICE_ORDER=PCI_BUS_ID"]
-    return [f"# {rec.reason}", f"export CUDA_VISIBLE_DEVICES={rec.nvml_index} CUDA_DEVICE_ORDER=PCI_BUS_ID"]
+    indices = ",".join(str(s["nvml_index"]) for s in rec.scorers if s["nvml_index"] is not None) or str(rec.nvml_index)
+    return [f"# {rec.reason}", f"export CUDA_VISIBLE_DEVICES={indices} CUDA_DEVICE_ORDER=PCI_BUS_ID"]
 
 
 def render(report: DoctorReport) -> Group:
@@ -286,8 +296,12 @@ def render(report: DoctorReport) -> Group:
     rec = report.recommendation
     if rec is not None:
         parts.append(Text.assemble(("Recommended: ", "bold"), (rec.device, "bold green"), f" — {rec.reason}"))
+        for scorer in rec.scorers[1:]:
+            parts.append(Text.assemble(("Scorer: ", "bold"), (scorer["device"], "bold green"), f" — {scorer['reason']}"))
         if rec.train_device and rec.train_reason and rec.train_device != "cpu":
             parts.append(Text.assemble(("Trainer: ", "bold"), rec.train_device, f" — {rec.train_reason}"))
+        for skipped in rec.skipped:
+            parts.append(Text.assemble(("Not used: ", "bold"), f"GPU {skipped['index']} — {skipped['reason']}", style="dim" if skipped["kind"] == "spare" else ""))
     if report.backends:
         parts.append(_backend_table(report.backends))
     parts.append(_env_table(report.environment))

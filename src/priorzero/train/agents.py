@@ -27,6 +27,7 @@ class GameState:
     observation: Observation
     history: list[tuple[str, str]] = field(default_factory=list)
     first_text: str = ""  # the episode's first observation (history holds the ones after it)
+    slot: int | None = None  # the game slot it is played in (the episode loop's); picks its scorer among several
 
     def __post_init__(self) -> None:
         if not self.history and not self.first_text:

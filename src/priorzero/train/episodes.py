@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol, Sequence
 
 from priorzero.envs.base import Observation, StepResult
+from priorzero.llm.prior import ScorerFailed
 from priorzero.train.agents import Agent, Decision, EndEpisodes, GameState
 from priorzero.train.buffer import StepRecord, records_from_state, records_to_state
 
@@ -134,7 +135,7 @@ class EpisodeLoop:
         observations = self.games.reset([slot for slot, _, _ in starts], [seed for _, _, seed in starts])
         ended = []
         for (slot, index, seed), observation in zip(starts, observations):
-            episode = Episode(slot, index, seed, GameState(observation))
+            episode = Episode(slot, index, seed, GameState(observation, slot=slot))
             self.episodes[slot] = episode
             if self.agent.needs_commands and not observation.valid_commands:
                 ended.append((episode, self._end(episode, observation, False, NO_COMMANDS)))
@@ -168,10 +169,20 @@ class EpisodeLoop:
     def _send(self, slots: list[int]) -> list[tuple[Episode, EpisodeResult]]:
         episodes = [self.episodes[slot] for slot in slots]
         start = time.perf_counter()
-        try:
-            decisions = self.agent.decide([episode.state for episode in episodes])
-        except EndEpisodes as stop:  # the player stopped: these episodes end here
-            return [(e, self._end(e, e.state.observation, False, stop.reason)) for e in episodes]
+        ended: list[tuple[Episode, EpisodeResult]] = []
+        while True:
+            try:
+                decisions = self.agent.decide([episode.state for episode in episodes])
+                break
+            except EndEpisodes as stop:  # the player stopped: these episodes end here
+                return ended + [(e, self._end(e, e.state.observation, False, stop.reason)) for e in episodes]
+            except ScorerFailed as failed:  # a scorer is out: its games' episodes end here, the others are decided again
+                lost = set(failed.positions)
+                ended += [(e, self._end(e, e.state.observation, False, failed.reason)) for j, e in enumerate(episodes) if j in lost]
+                slots = [slot for j, slot in enumerate(slots) if j not in lost]
+                episodes = [e for j, e in enumerate(episodes) if j not in lost]
+                if not episodes:
+                    return ended
         commands = [decision.command_in(episode.state) for episode, decision in zip(episodes, decisions)]
         versions = (self.lm_version(), self.wm_version())
         self.agent_seconds += time.perf_counter() - start
@@ -181,7 +192,7 @@ class EpisodeLoop:
         self.steps += len(slots)
         for slot, decision, command in zip(slots, decisions, commands):
             self.in_flight[slot] = (decision, command, versions)
-        return []
+        return ended
 
     def _receive(self, slots: list[int]) -> list[tuple[Episode, EpisodeResult]]:
         if not slots:

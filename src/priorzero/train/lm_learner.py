@@ -160,5 +160,5 @@ class LMLearner:
                 named[name].copy_(value)
         self.optimizer.load_state_dict(state["optimizer"])
         self.prior.version = state["version"]
-        self.prior.backend.receive_weights(self.prior.trainable.model, self.prior.version)
+        self.prior.send_weights()
         self.micro_batch = state["micro_batch"]

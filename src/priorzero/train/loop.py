@@ -67,6 +67,7 @@ class Counters:
     lm_updates: int = 0
     dropped_steps: int = 0  # steps of running episodes a resume could not rebuild, or a lost Ray collector had in flight (counted, never stored)
     collector_restarts: int = 0  # Ray collector actors that died and were restarted (run.cluster; train/cluster.py)
+    scorer_failures: int = 0  # language-model scorers (gpu.count > 1) that raised and were taken out, their episodes truncated
     train_seconds: float = 0.0  # time spent in iterations (collection and learning), across resumes
 
 
@@ -512,6 +513,7 @@ def iteration(trainer: Trainer, stop: StopFlag, progress) -> dict[str, float]:
     config, counters, loop = trainer.config, trainer.counters, trainer.collector
     start = last_report = time.perf_counter()
     lookups, hits = trainer.prior.cache_lookups, trainer.prior.cache_hits
+    failures_before = trainer.prior.failures
     seconds_before, steps_before = counters.train_seconds, counters.env_steps
     agent_s, games_s = loop.agent_seconds, loop.games_seconds
     learn_metrics: dict[str, list[float]] = {}
@@ -553,6 +555,7 @@ def iteration(trainer: Trainer, stop: StopFlag, progress) -> dict[str, float]:
         trainer.store(ended)
         results += [r for _, r in ended]
     counters.iteration += 1
+    counters.scorer_failures += trainer.prior.failures - failures_before
     counters.train_seconds = seconds_before + time.perf_counter() - start
     if not stop() and _limits_reached(config, counters):
         trainer.learn(stop, learn_metrics, finish=True)  # the run ends with every update it owes (background ones too)
@@ -576,10 +579,16 @@ def iteration(trainer: Trainer, stop: StopFlag, progress) -> dict[str, float]:
         "updates/wm": float(counters.wm_updates),
         "updates/lm": float(counters.lm_updates),
         **(loop.metrics() if config.run.cluster is not None else {}),  # restarts, policy lag (train/cluster.py)
+        **(scorer_metrics(trainer.prior, counters) if len(trainer.prior.scorers) > 1 else {}),
     }
     if torch.cuda.is_available():
         metrics["gpu/max_allocated_gib"] = torch.cuda.max_memory_allocated() / 2**30
     return metrics
+
+
+def scorer_metrics(prior: PriorModel, counters: Counters) -> dict[str, float]:
+    """Several scorers (gpu.count > 1): how many still score, and how many were taken out in the run so far."""
+    return {"lm/scorers_live": float(len(prior.live)), "lm/scorer_failures": float(counters.scorer_failures)}
 
 
 def _entropy(probs: list[float]) -> float:
@@ -634,7 +643,7 @@ def walkthrough_quality(prior: PriorModel, states: list) -> dict[str, float]:
         GameState(Observation(s.observation, list(s.valid_commands), 0.0, None, 0), list(s.history), s.opening or s.observation)
         for s in states
     ]
-    _, priors = prior.priors(games)
+    _, priors = prior.priors_retrying(games)
     return {
         "prior/walkthrough_mrr": statistics.fmean(reciprocal_rank(p, s.target) for p, s in zip(priors, states)),
         "prior/walkthrough_prob": statistics.fmean(float(p[s.target]) for p, s in zip(priors, states)),

@@ -177,6 +177,7 @@ _RESUMABLE_KEYS = {
     ("run", "cluster"),
     ("run", "collectors"),
     ("run", "collector_cpus"),
+    ("gpu", "count"),
 }
 
 

@@ -37,21 +37,44 @@ def token_budget_for_memory(model_config, budget_bytes: int, in_use_bytes: int, 
     return max(256, fit_micro_batch(budget_bytes, in_use_bytes, per_token))
 
 
+def copy_merged_weights(source: torch.nn.Module, target: torch.nn.Module) -> None:
+    """`target` (a plain transformers model, on any device) takes `source`'s weights, with `source`'s PEFT adapter (if
+    any) merged in; tensor by tensor, so no second copy of the weights is ever held. `source` is left as it was."""
+    adapter = hasattr(source, "merge_adapter")
+    if adapter:
+        source.merge_adapter()
+    try:
+        base = source.get_base_model() if adapter else source
+        into = target.state_dict()
+        with torch.no_grad():
+            for name, tensor in base.state_dict().items():
+                if "lora_" not in name:
+                    into[name.replace(".base_layer.", ".")].copy_(tensor)
+    finally:
+        if adapter:
+            source.unmerge_adapter()
+
+
 class HFPrior:
     """Prior over valid commands from a transformers causal LM (or a PEFT model around one)."""
 
     name = "hf"
 
-    def __init__(self, lm: LanguageModel, llm_config, token_budget: int | None = None):
+    def __init__(self, lm: LanguageModel, llm_config, token_budget: int | None = None, replica: bool = False):
         self.lm = lm
         self.config = llm_config
         self.token_budget = token_budget or llm_config.score_token_budget
         self.stats = PriorStats()
         self.version = 0
+        self.replica = replica  # a scorer of its own beside the one the learner trains (another GPU of a multi-GPU run)
 
     def receive_weights(self, model: torch.nn.Module, version: int) -> None:
-        """The learner updated `self.lm.model` in place (or wrapped it, e.g. with LoRA): score with that from now on."""
-        self.lm.model = model
+        """The learner updated `self.lm.model` in place (or wrapped it, e.g. with LoRA): score with that from now on.
+        A replica copies the trained weights into its own model instead, with a LoRA adapter merged in."""
+        if self.replica:
+            copy_merged_weights(model, self.lm.model)
+        else:
+            self.lm.model = model
         self.version = version
 
     @classmethod
