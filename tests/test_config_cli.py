@@ -20,6 +20,16 @@ def test_precedence_defaults_preset_yaml_set(tmp_path):
     assert config.env.max_episode_steps == 100  # the preset beats the default
 
 
+def test_auto_games_follow_the_usable_cores_and_are_stored_as_a_number(tmp_path):
+    import os
+
+    cores = len(os.sched_getaffinity(0))
+    config = build_config("full")  # the full preset asks for env.num_envs=auto
+    assert config.env.num_envs == min(512, 32 * cores)
+    assert build_config("quick", overrides=["env.num_envs=auto"]).env.num_envs == min(512, 32 * cores)
+    assert yaml.safe_load(config_to_yaml(config))["env"]["num_envs"] == config.env.num_envs  # a resume elsewhere keeps it
+
+
 def test_old_flags_are_aliases():
     config = resolve_config(quick_test=True, env_id="zork1.z5", seed=7, max_iter=3)
     assert config.run.name == "quick"

@@ -87,10 +87,29 @@ class RunConfig(_Section):
         return value
 
 
+GAMES_PER_CORE, MAX_AUTO_GAMES = 32, 512
+
+
+def usable_cores() -> int:
+    import os
+
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _num_envs(value: object) -> object:
+    """'auto': GAMES_PER_CORE games per usable core, at most MAX_AUTO_GAMES (on the 16-core H200 host 512 games
+    collected fastest of 64-512: docs/benchmarks.md); resolved here, so the run's stored config holds the number."""
+    if value == "auto":
+        return min(MAX_AUTO_GAMES, GAMES_PER_CORE * usable_cores())
+    return value
+
+
 class EnvConfig(_Section):
     env_id: str = Field("tw-coin_collector-l5-s1", description="A suite game name (see 'priorzero games list') or a story file name.")
     game_dir: Path | None = Field(None, description="Searched first for story files, then $PRIORZERO_GAME_DIR, then ~/.local/share/priorzero/games.")
-    num_envs: int = Field(4, ge=1, le=1024, description="Games played in parallel, each in a worker process.")
+    num_envs: Annotated[int, BeforeValidator(_num_envs)] = Field(
+        4, ge=1, le=1024, description=f"Games played in parallel, each in a worker process; 'auto': {GAMES_PER_CORE} per usable core, at most {MAX_AUTO_GAMES}."
+    )
     max_episode_steps: int = Field(50, ge=1, le=100_000, description="Steps after which an episode is truncated (reason 'step_limit').")
     valid_commands: bool = Field(True, description="Ask the game for its valid commands every step (off: faster, observations list none).")
     call_timeout_s: float = Field(60.0, gt=0, le=86_400, description="Longest a single call into a game may take; then its worker is killed and restarted (Jericho's valid commands can take 10 s on a busy CPU).")
@@ -126,6 +145,7 @@ class SearchConfig(_Section):
     completed_q_c_visit: float = Field(50.0, ge=0, description="Gumbel MuZero's c_visit in the completed-Q policy (train.policy_target=completed_q): sigma(q) = (c_visit + max visits) * c_scale * q.")
     completed_q_c_scale: float = Field(0.1, ge=0, description="Gumbel MuZero's c_scale in the completed-Q policy (0: the policy is the prior).")
     cuda_graphs: bool = Field(True, description="On a GPU, replay the search's bookkeeping as CUDA graphs (searches 1.2-1.7x faster on an H100).")
+    cuda_graphs_max_games: int = Field(128, ge=1, description="Use the graphs for searches of at most this many games; larger ones run eagerly (on an H200, 50 simulations: graphs 1.75x at 64 games, 1.32x at 128, 0.94x at 256).")
 
 
 class ModelConfig(_Section):
@@ -249,7 +269,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
     "full": {
         "run": {"name": "full"},
-        "env": {"num_envs": 16, "max_episode_steps": 100},
+        "env": {"num_envs": "auto", "max_episode_steps": 100},
         "llm": {"device": "auto"},
         "model": {"latent_dim": 768, "num_layers": 2, "num_heads": 8},
         "train": {
@@ -257,6 +277,7 @@ PRESETS: dict[str, dict[str, Any]] = {
             "wm_batch_size": 64,
             "wm_updates_per_step": 0.1,
             "max_policy_lag": 16,
+            "checkpoint_every": 8,  # a checkpoint of a full replay buffer takes seconds; Ctrl-C and the end still save
             "lm_batch_size": 64,
             "lm_micro_batch": 16,
             "lm_updates_per_step": 0.0025,

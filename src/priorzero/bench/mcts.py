@@ -105,7 +105,9 @@ def one_search(model: WorldModel, inputs: dict[str, torch.Tensor], params: Searc
 
 
 def search_params(config: Config, simulations: int, cuda_graphs: bool = False) -> SearchParams:
-    return dataclasses.replace(SearchParams.from_config(config.search, explore=True), num_simulations=simulations, cuda_graphs=cuda_graphs)
+    return dataclasses.replace(
+        SearchParams.from_config(config.search, explore=True), num_simulations=simulations, cuda_graphs=cuda_graphs, cuda_graphs_max_games=1 << 30
+    )  # the bench compares the two modes at every size
 
 
 def run_cell(model: WorldModel, device: torch.device, mode: str, games: int, simulations: int, candidates: int, repeats: int, config: Config) -> Row:

@@ -107,9 +107,13 @@ def build_prompt(
     opening = opening.strip() if config.show_opening else ""
     recent = list(history[-config.history_steps :]) if config.history_steps > 0 else []
     budget = config.prompt_tokens
-    # The fewest oldest history steps to drop, by bisection: dropping more never lengthens the prompt.
+    # The fewest oldest history steps to drop: none (the usual case), else by bisection, since dropping more never
+    # lengthens the prompt.
+    ids = _encode(tokenizer, _user_message(recent, observation_text, commands, opening))
+    if len(ids) <= budget:
+        return PromptResult(ids, truncated_steps=0)
     fits: dict[int, list[int]] = {}
-    low, high = 0, len(recent)  # the answer is in [low, high], or none fits when even `high` does not
+    low, high = 1, len(recent)  # the answer is in [low, high], or none fits when even `high` does not
     while low <= high:
         middle = (low + high) // 2
         ids = _encode(tokenizer, _user_message(recent[middle:], observation_text, commands, opening))

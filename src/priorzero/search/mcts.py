@@ -31,6 +31,7 @@ class SearchParams:
     discount: float = 0.997
     min_q_spread: float = 0.01  # floor on max - min when normalising Q (LightZero's value_delta_max)
     cuda_graphs: bool = False  # on a GPU, replay the bookkeeping (simulate, expand, backward) as two CUDA graphs
+    cuda_graphs_max_games: int = 128  # ... for searches of at most this many games (larger ones run eagerly)
     # The root (search/root.py): how the language model's prior meets the world model's, noise, the action's choice.
     prior_mode: str = "mix"  # replace, mix or adaptive (root.combine_priors)
     lm_weight: float = 0.5  # the LM prior's weight in 'mix'
@@ -51,6 +52,7 @@ class SearchParams:
             discount=search.discount,
             min_q_spread=search.min_q_spread,
             cuda_graphs=search.cuda_graphs,
+            cuda_graphs_max_games=search.cuda_graphs_max_games,
             prior_mode=search.prior_mode,
             lm_weight=search.prior_mix_weight,
             noise_alpha=search.root_dirichlet_alpha if explore else None,
@@ -259,7 +261,7 @@ def search_constants(tree: Tree, params: SearchParams) -> tuple[tuple[Tensor, Te
 def run_simulations(model: SearchModel, state: object, tree: Tree, params: SearchParams) -> Tree:
     """Run `params.num_simulations` simulations on a tree built by `init_tree`, in place, and return it."""
     device = tree.node_values.device
-    if params.cuda_graphs and device.type == "cuda" and params.num_simulations > 1:
+    if params.cuda_graphs and device.type == "cuda" and params.num_simulations > 1 and tree.batch_size <= params.cuda_graphs_max_games:
         return run_simulations_graphed(model, state, tree, params)
     tables, exploration = search_constants(tree, params)
     depth_bound = DepthBound(device, params.num_simulations)
