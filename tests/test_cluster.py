@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -235,3 +236,26 @@ def test_doctor_shows_the_cluster(cluster):
     report = json.loads(process.stdout)
     nodes = report["cluster"]["nodes"]
     assert len(nodes) == 2 and all(n["alive"] and n["cpus"] == 1.0 for n in nodes)
+
+
+@needs_ray
+def test_a_local_ray_instance_collects_in_actor_processes_and_ends_with_the_run(tiny_config, tmp_path):
+    """--cluster local: no cluster to set up; the collectors are processes of a Ray instance the run starts itself."""
+    run = tmp_path / "run"
+    process = priorzero("train", "--preset", "quick", "--config", str(tiny_config), "--cluster", "local", "--run-dir", str(run), "--max-env-steps", "30")
+    _, stderr = process.communicate(timeout=400)
+    assert process.returncode == 0, stderr[-3000:]
+    assert json.loads((run / "summary.json").read_text())["counters"]["env_steps"] == 30
+    log = (run / "train.log").read_text()
+    assert "collecting on 2 Ray actors at local" in log
+    assert len(set(re.findall(r"collector \d: slots \[[\d, ]+\] on node \w+ \([^,]+, pid (\d+)\)", log))) == 2  # two processes
+
+
+@needs_ray
+def test_collector_gpus_beyond_the_clusters_gpus_is_one_line(tiny_config, tmp_path):
+    if ray.is_initialized() and ray.cluster_resources().get("GPU", 0) > 0:
+        pytest.skip("this machine has GPUs")
+    run = tmp_path / "run"
+    args = ["train", "--preset", "quick", "--config", str(tiny_config), "--cluster", "local", "--set", "run.collector_gpus=0.5", "--run-dir", str(run)]
+    _, stderr = priorzero(*args).communicate(timeout=300)
+    assert "fewer than 2 collectors x run.collector_gpus (0.5)" in stderr and stderr.strip().count("\n") == 0, stderr[-3000:]

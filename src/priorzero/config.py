@@ -67,16 +67,19 @@ class RunConfig(_Section):
     seed: int = 0
     # Scale-out (docs/scale.md): with a cluster address, the game slots are played by collector actors on Ray nodes.
     cluster: str | None = Field(
-        None, description="Ray cluster address (host:port, or 'auto' for the cluster this machine belongs to): collect with actors on its nodes. None: the process pool on this machine (Ray is not imported)."
+        None, description="Ray cluster address (host:port, 'auto' for the cluster this machine belongs to, or 'local' for a Ray instance of its own on this machine): collect with actors on its nodes. None: the process pool on this machine (Ray is not imported)."
     )
-    collectors: int | None = Field(None, ge=1, le=4096, description="With run.cluster: collector actors, each playing a share of env.num_envs game slots with CPU copies of the models (default: one per node with CPUs).")
+    collectors: int | None = Field(None, ge=1, le=4096, description="With run.cluster: collector actors, each playing a share of env.num_envs game slots with copies of the models (default: one per node with CPUs).")
     collector_cpus: int = Field(1, ge=1, le=1024, description="With run.cluster: CPUs Ray reserves for each collector actor; its models use that many threads.")
+    collector_gpus: float = Field(
+        0.0, ge=0, le=8, description="With run.cluster: GPUs Ray reserves for each collector actor (a fraction shares one); above 0 its models run on that GPU. 0: on its CPUs."
+    )
 
     @field_validator("cluster")
     @classmethod
     def _cluster_is_an_address(cls, value: str | None) -> str | None:
         if value is not None and (not value.strip() or any(c.isspace() for c in value)):
-            raise ValueError(f"run.cluster {value!r} must be a Ray address such as 10.0.0.1:6379, or 'auto'")
+            raise ValueError(f"run.cluster {value!r} must be a Ray address such as 10.0.0.1:6379, 'auto' or 'local'")
         return value
 
     @field_validator("name")
@@ -145,7 +148,7 @@ class SearchConfig(_Section):
     completed_q_c_visit: float = Field(50.0, ge=0, description="Gumbel MuZero's c_visit in the completed-Q policy (train.policy_target=completed_q): sigma(q) = (c_visit + max visits) * c_scale * q.")
     completed_q_c_scale: float = Field(0.1, ge=0, description="Gumbel MuZero's c_scale in the completed-Q policy (0: the policy is the prior).")
     cuda_graphs: bool = Field(True, description="On a GPU, replay the search's bookkeeping as CUDA graphs (searches 1.2-1.7x faster on an H100).")
-    cuda_graphs_max_games: int = Field(128, ge=1, description="Use the graphs for searches of at most this many games; larger ones run eagerly (on an H200, 50 simulations: graphs 1.75x at 64 games, 1.32x at 128, 0.94x at 256).")
+    cuda_graphs_max_games: int = Field(128, ge=1, description="Use the graphs for searches of at most this many games; larger ones run eagerly (an H200, 50 simulations, a latent-128 world model: graphs 1.75x eager at 64 games, 1.32x at 128, 0.94x at 256).")
 
 
 class ModelConfig(_Section):

@@ -31,7 +31,7 @@ def run_doctor(
     gpus: Annotated[str, typer.Option("--gpus", help="GPUs to place a language-model scorer on: N, or auto (every quiet GPU that holds the budget).")] = "1",
     replay: Annotated[Path | None, typer.Option("--replay", help="Read a recorded NVML trace (JSON) instead of this machine's GPUs, e.g. to look at a bug report.")] = None,
     no_backends: Annotated[bool, typer.Option("--no-backends", help="Skip the backend checks (faster).")] = False,
-    cluster: Annotated[str | None, typer.Option("--cluster", help="Also show this Ray cluster's nodes, CPUs and GPUs (host:port, or auto).")] = None,
+    cluster: Annotated[str | None, typer.Option("--cluster", help="Also show this Ray cluster's nodes, CPUs and GPUs (host:port, auto, or local).")] = None,
 ) -> int:
     """Show GPUs as NVML sees them, the GPU a run would pick and why, installed backends, and what to set.
 

@@ -30,7 +30,7 @@ GpusOpt = Annotated[
 ]
 ClusterOpt = Annotated[
     str | None,
-    typer.Option("--cluster", help="Ray cluster address (host:port, or auto): collect with actors on its nodes (run.cluster; docs/scale.md)."),
+    typer.Option("--cluster", help="Ray cluster address (host:port, auto, or local: a Ray instance of its own on this machine): collect with actors on its nodes (run.cluster; docs/scale.md)."),
 ]
 
 

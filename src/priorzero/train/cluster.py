@@ -3,7 +3,7 @@ played by collector actors on the cluster's nodes; the learner stays in this (th
 
     driver (priorzero train)                           collector actor i (any node with CPUs), run.collectors of them
       world-model and language-model learners            the games of its slots (GamePool, as on one machine)
-      replay buffer, counters, checkpoints               CPU copies of the world model, text encoder and LM prior
+      replay buffer, counters, checkpoints               copies of the world model, text encoder, LM prior
       RayCollection: the EpisodeLoop surface  --step-->  EpisodeLoop.step() over its slots with a SearchAgent
       weights: ray.put once per new version   <--------  new records, ended episodes, decisions, timings
 
@@ -73,9 +73,14 @@ def import_ray() -> Any:
 
 
 def connect(address: str) -> Any:
-    """Connect this process to the Ray cluster at `address` (once); an unreachable cluster is one UserError line."""
+    """Connect this process to the Ray cluster at `address` (once); an unreachable cluster is one UserError line.
+    'local' starts a Ray instance of this process's own on this machine (its CPUs and GPUs), ended with the process:
+    collectors in processes of their own beside the learner, without a cluster to set up."""
     ray = import_ray()
     if ray.is_initialized():
+        return ray
+    if address == "local":
+        ray.init(namespace=NAMESPACE, logging_level=logging.WARNING, include_dashboard=False, runtime_env={"env_vars": ACTOR_ENV})
         return ray
     host, _, port = address.rpartition(":")
     if host and port.isdigit() and "://" not in address:
@@ -135,7 +140,8 @@ class Reply:
 
 
 class Collector:
-    """A collector actor's body: its slots' games, CPU copies of the models, the SearchAgent, one EpisodeLoop.
+    """A collector actor's body: its slots' games, copies of the models (on its CPUs, or on its share of a GPU with
+    run.collector_gpus), the SearchAgent, one EpisodeLoop.
 
     Its models start untrained; every step call carries the newest published weights, loaded before deciding."""
 
@@ -166,13 +172,14 @@ class Collector:
         torch.set_num_threads(config.run.collector_cpus)
         seed_everything(config.run.seed + 7919 * (index + 1))  # its own exploration noise
         logging.getLogger("sentence_transformers").setLevel(logging.WARNING)
-        self.prior = PriorModel.of(HFPrior.from_config(config.llm, device="cpu"))
+        device = "cuda" if config.run.collector_gpus > 0 else "cpu"  # Ray shows the actor only the GPU it reserved
+        self.prior = PriorModel.of(HFPrior.from_config(config.llm, device=device))
         if config.train.lm_finetune == "lora":  # the learner's adapter names, so its published weights load by name
             self.prior.trainable.model = with_lora(self.prior.trainable.model, config.train)
         self.prior.trainable.model.eval()
-        self.encoder = TextEncoder("cpu")
+        self.encoder = TextEncoder(device)
         shape = WorldModelShape.from_config(config.model, self.encoder.dim)
-        self.world_model = WorldModel(shape).eval()
+        self.world_model = WorldModel(shape).to(device).eval()
         self.versions: tuple[int, int] | None = None  # (lm, wm) of the loaded weights; None: none loaded yet
         agent = SearchAgent(self.world_model, self.encoder, config.search, config.model.context_window, self.prior, explore=True)
         self.games = PoolGames(GamePool([config.env.env_id] * slots, config.env))
@@ -309,7 +316,9 @@ class RayCollection:
         self.hang_s = 3 * config.env.call_timeout_s + config.env.start_timeout_s  # a step longer than this: the actor is killed
         nodes = [n for n in cluster_nodes(self.ray) if n["alive"] and n["cpus"] > 0]
         count = config.run.collectors or max(1, min(len(nodes), self.num_slots))  # default: one per node with CPUs
-        cpus = config.run.collector_cpus
+        cpus, gpus = config.run.collector_cpus, config.run.collector_gpus
+        if gpus > 0 and sum(n["gpus"] for n in nodes) < count * gpus:
+            raise UserError(f"the Ray cluster has {sum(n['gpus'] for n in nodes):g} GPUs, fewer than {count} collectors x run.collector_gpus ({gpus:g}); lower run.collector_gpus or set it to 0 (models on the collectors' CPUs)")
         if count > self.num_slots:
             raise UserError(f"run.collectors ({count}) is more than env.num_envs ({self.num_slots}): every collector needs a game slot")
         if sum(n["cpus"] for n in nodes) < count * cpus:
@@ -322,6 +331,7 @@ class RayCollection:
                 name=f"priorzero-collector-{run_id}-{i}",
                 namespace=NAMESPACE,
                 num_cpus=cpus,
+                num_gpus=gpus,
                 max_restarts=COLLECTOR_RESTARTS,
                 max_task_retries=0,
                 scheduling_strategy="SPREAD",
