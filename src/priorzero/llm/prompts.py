@@ -69,9 +69,8 @@ _chat_frames: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # tokeniz
 
 
 def _chat_frame(tokenizer) -> tuple[str, str] | None:
-    """The chat template's text before and after the user's message, rendered once per tokenizer (rendering the
-    Jinja template cost a millisecond per prompt); None for a template that does more than insert the message,
-    which is then rendered every time."""
+    """The chat template's text before and after the user's message, rendered once per tokenizer rather than for
+    every prompt; None for a template that does more than insert the message, which is then rendered every time."""
     if tokenizer not in _chat_frames:
         rendered = _render_chat(tokenizer, _PROBE)
         before, found, after = rendered.partition(_PROBE)

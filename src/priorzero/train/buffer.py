@@ -70,8 +70,8 @@ assert set(_NUMBERS) | set(_LISTS) | set(_TEXTS) | {"commands"} == {f.name for f
 
 def records_to_state(records: list[StepRecord]) -> dict[str, Any]:
     """Records as columns for a checkpoint: one tensor per numeric field, one flat tensor and a length tensor per
-    list field, plain lists for the texts. A checkpoint of a replay buffer then pickles a few dozen objects per
-    field instead of one per number (torch.save's pickler costs a Python call per object)."""
+    list field, plain lists for the texts. A checkpoint of a replay buffer then pickles a few objects per field
+    instead of one per number (torch.save's pickler costs a Python call per object)."""
     state: dict[str, Any] = {name: [getattr(r, name) for r in records] for name in _TEXTS}
     state["commands"] = [c for r in records for c in r.commands]
     state["commands_lengths"] = torch.tensor([len(r.commands) for r in records], dtype=torch.int64)
