@@ -4,6 +4,8 @@
 # Steps/s is counters.env_steps / counters.train_seconds from summary.json: collection and learning, not start-up.
 #
 #   [MODES="pool ray-2"] scripts/bench-ray.sh [ROUNDS] [extra train options...]   (docs/benchmarks.md, "Ray collectors")
+#   MODES="pool local-4" HEAD_CPUS=16 scripts/bench-ray.sh 3 --preset full --set env.num_envs=256 --set run.collector_gpus=0.2
+#                                   # local-N: `train --cluster local` with N collectors of HEAD_CPUS/N CPUs (docs/scale.md)
 #
 # It starts its own Ray head (HEAD_CPUS CPUs, default: all of this machine's) in a process group of its own and
 # ends that group when done. PRIORZERO runs the CLI (default: python -m priorzero.cli of the current python).
@@ -41,6 +43,9 @@ for round in $(seq "$rounds"); do
       pool) one pool ;;
       ray-1) one ray-1 --cluster "127.0.0.1:$port" --set run.collectors=1 --set run.collector_cpus="$cpus" ;;
       ray-2) one ray-2 --cluster "127.0.0.1:$port" --set run.collectors=2 --set run.collector_cpus=$(( cpus / 2 > 0 ? cpus / 2 : 1 )) ;;
+      local-*) n=${mode#local-}  # --cluster local: the run's own Ray instance (not the script's head), N collectors
+        one "$mode" --cluster local --set run.collectors="$n" --set run.collector_cpus=$(( cpus / n > 0 ? cpus / n : 1 )) ;;
+      *) echo "bench-ray: unknown mode $mode (pool, ray-1, ray-2, local-N)" >&2; exit 2 ;;
     esac
   done
 done
