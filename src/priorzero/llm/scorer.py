@@ -331,9 +331,9 @@ def score_candidates(
 def scores_on_host(scores: list[CandidateScores]) -> list[CandidateScores]:
     """The same scores on the CPU, in one copy per field (not one per game): what a prior is computed from when
     no gradient is wanted, so that its checks (`candidate_prior`) do not wait on the device game by game."""
-    sizes = [len(s.logprob_sum) for s in scores]
     if not scores:
         return []
+    sizes = [len(s.logprob_sum) for s in scores]
     sums = torch.cat([s.logprob_sum.detach() for s in scores]).cpu()
     tokens = torch.cat([s.num_tokens for s in scores]).cpu()
     return [CandidateScores(a, b) for a, b in zip(sums.split(sizes), tokens.split(sizes))]

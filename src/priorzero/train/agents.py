@@ -147,12 +147,11 @@ class SearchAgent:
         device = root_inputs[3].device
         counts = [len(state.commands) for state in states]
         mask = torch.arange(root_inputs[3].shape[1]) < torch.tensor(counts).unsqueeze(1)
-        lm_prior = torch.nn.utils.rnn.pad_sequence([prior.float().cpu() for prior in priors], batch_first=True)
+        lm_prior = None
+        if self.prior is not None:
+            lm_prior = torch.nn.utils.rnn.pad_sequence([prior.float().cpu() for prior in priors], batch_first=True).to(device)
         root = self.world_model.initial_inference(*root_inputs, num_simulations=self.params.num_simulations)
-        out = plan(
-            self.world_model, root, mask.to(device), self.params,
-            lm_prior=lm_prior.to(device) if self.prior is not None else None,
-        )
+        out = plan(self.world_model, root, mask.to(device), self.params, lm_prior=lm_prior)
         actions = out.action.tolist()
         visits = out.visit_counts.round().cpu()
         values = out.root_value.tolist()

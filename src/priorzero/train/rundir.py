@@ -177,6 +177,7 @@ _RESUMABLE_KEYS = {
     ("run", "cluster"),
     ("run", "collectors"),
     ("run", "collector_cpus"),
+    ("run", "collector_gpus"),
     ("gpu", "count"),
 }
 
