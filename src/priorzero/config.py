@@ -180,7 +180,7 @@ class TrainConfig(_Section):
     iteration_steps: int = Field(200, ge=1, le=100_000_000, description="Environment steps per iteration (pipeline): one metrics row, one log line, the checkpoint cadence.")
     max_policy_lag: int = Field(
         0, ge=0, le=1_000_000,
-        description="The most updates the weights a step is played with may trail. One machine: 0 runs the world-model updates between steps on the collecting thread (sequential and reproducible); N > 0 runs them in a background thread, and a step waits while its weights trail what the replay ratio owes by more than N. With run.cluster: a collector's step waits while its weights trail the learner's latest published ones by more than N updates (of either model).",
+        description="The most updates the weights a step is played with may trail. One machine: 0 runs the world-model updates between steps on the collecting thread (sequential and reproducible); N > 0 runs them in a background thread, and a step waits while its weights trail what the replay ratio owes by more than N. With run.cluster: N > 0 runs both models' updates in that thread while the collectors play (0: between their steps), and a collector's step waits while its weights trail the learner's latest published ones by more than N updates (of either model).",
     )
     collect_groups: int = Field(2, ge=1, le=64, description="Pipeline: game slots split into this many groups; while one group's games step and list their valid commands, the models decide for the next (1: no overlap).")
     buffer_steps: int = Field(50_000, ge=1, le=100_000_000, description="Replay buffer capacity in environment steps (oldest segments go first).")

@@ -278,17 +278,25 @@ def episode_of(ended: list[tuple[Episode, EpisodeResult]], slot: int) -> Episode
     return next(episode for episode, _ in ended if episode.slot == slot)
 
 
+def learner_versions(trainer: Trainer) -> tuple[int, int]:
+    """(language model, world model) versions of the learner's weights now (a background learner's included)."""
+    wm = trainer.background.done["wm"] if trainer.background is not None else trainer.counters.wm_updates
+    return trainer.prior.version, wm
+
+
 def published_weights(trainer: Trainer) -> dict[str, Any]:
-    """The learner's current weights on the CPU, with their versions: what the collectors load."""
-    model = trainer.prior.trainable.model
-    language_model = None
-    if trainer.lm_learner is not None:
-        language_model = {name: p.detach().cpu() for name, p in model.named_parameters() if p.requires_grad}
-    return {
-        "versions": (trainer.prior.version, trainer.counters.wm_updates),
-        "world_model": {name: value.detach().cpu() for name, value in trainer.world_model.state_dict().items()},
-        "language_model": language_model,
-    }
+    """The learner's current weights on the CPU, with their versions: what the collectors load (taken between two
+    background updates)."""
+    with trainer.paused():
+        model = trainer.prior.trainable.model
+        language_model = None
+        if trainer.lm_learner is not None:
+            language_model = {name: p.detach().cpu() for name, p in model.named_parameters() if p.requires_grad}
+        return {
+            "versions": learner_versions(trainer),
+            "world_model": {name: value.detach().cpu() for name, value in trainer.world_model.state_dict().items()},
+            "language_model": language_model,
+        }
 
 
 # ---- the driver's side ----
@@ -461,14 +469,15 @@ class RayCollection:
 
     def _publish(self) -> list[tuple[Episode, EpisodeResult]]:
         """ray.put the learner's weights if they changed; first wait for steps in flight that would trail too far."""
-        lm, wm = self.trainer.prior.version, self.trainer.counters.wm_updates
-        if self.published == (lm, wm):
+        if self.published == learner_versions(self.trainer):
             return []
+        weights = published_weights(self.trainer)  # a background learner may have gone on since: these are the versions
+        lm, wm = weights["versions"]
         ended = []
         for ref, task in list(self.tasks.items()):
             if lm - task.versions[0] > self.max_lag or wm - task.versions[1] > self.max_lag:
                 ended += self._finish(ref)
-        self.weights_ref = self.ray.put(published_weights(self.trainer))
+        self.weights_ref = self.ray.put(weights)
         self.published = (lm, wm)
         return ended
 

@@ -90,7 +90,11 @@ class LMLearner:
 
     def update(self, buffer: ReplayBuffer, rng: np.random.Generator) -> dict[str, float]:
         """One optimiser step on `lm_batch_size` steps sampled from the buffer; returns the losses."""
-        return self.step([segment.records[position] for segment, position in buffer.sample_steps(self.config.lm_batch_size, rng)])
+        return self.step(self.sample(buffer, rng))
+
+    def sample(self, buffer: ReplayBuffer, rng: np.random.Generator) -> list[StepRecord]:
+        """`lm_batch_size` steps, uniform over stored steps."""
+        return [segment.records[position] for segment, position in buffer.sample_steps(self.config.lm_batch_size, rng)]
 
     def step(self, records: list[StepRecord]) -> dict[str, float]:
         """One optimiser step on these records, in micro-batches of at most `micro_batch`."""

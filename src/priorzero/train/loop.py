@@ -6,7 +6,8 @@
     2. store     each finished episode's records (with n-step targets) go into the replay buffer as segments
     3. learn     after every step, the updates the replay ratio owes: train.wm_updates_per_step world-model and
                  train.lm_updates_per_step language-model updates per environment step collected; with
-                 train.max_policy_lag > 0 the world model learns in a background thread meanwhile (background.py)
+                 train.max_policy_lag > 0 a background thread makes them meanwhile (background.py): the world
+                 model's on one machine, both models' with run.cluster
     4. log       metrics to TensorBoard and metrics.jsonl, a line to the log, the progress bar
     5. save      an atomic checkpoint every train.checkpoint_every iterations, with the episodes still running
 
@@ -43,7 +44,7 @@ from priorzero.config import Config, config_to_yaml
 from priorzero.errors import UserError
 from priorzero.fileio import write_json_atomic
 from priorzero.train.agents import Decision, LLMAgent, PriorModel, RandomAgent, SearchAgent
-from priorzero.train.background import BackgroundWorldModel
+from priorzero.train.background import BackgroundLearner
 from priorzero.train.buffer import ReplayBuffer, record_count
 from priorzero.train.checkpoint import CHECKPOINT_NAME, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from priorzero.train.episodes import EpisodeLoop, EpisodeResult, Interrupted, PoolGames
@@ -138,15 +139,16 @@ class Trainer:
         shape = WorldModelShape.from_config(config.model, self.encoder.dim)
         self.world_model = WorldModel(shape).to(self.device).eval()  # what the learner trains
         # what the collection searches with: the same model, or a copy taking the learner's weights between steps
-        background = config.train.max_policy_lag > 0 and config.run.cluster is None
-        self.acting_world_model = copy.deepcopy(self.world_model) if background else self.world_model
+        # one machine with a background learner: the games search with a copy (a cluster's actors have their own)
+        acting_copy = config.train.max_policy_lag > 0 and config.run.cluster is None
+        self.acting_world_model = copy.deepcopy(self.world_model) if acting_copy else self.world_model
         self.wm_learner = WMLearner(self.world_model, self.encoder, config.train, config.model)
         self.lm_learner = LMLearner(self.prior, config.train) if config.train.lm_finetune != "off" else None
         self.buffer = ReplayBuffer(config.train.buffer_steps, config.train.segment_length)
         self.sampler = np.random.default_rng(config.run.seed)  # which replay steps the learners see
         self.counters = Counters()
         self.buffer_lock = threading.Lock()  # the collecting thread adds episodes, a learner thread samples
-        self.background: BackgroundWorldModel | None = None  # started by the first learn() with train.max_policy_lag > 0
+        self.background: BackgroundLearner | None = None  # started by the first learn() with train.max_policy_lag > 0
         self.decisions: list[Decision] = []  # this iteration's collection decisions (for the search statistics)
         self._games: PoolGames | None = None
         self._collector: EpisodeLoop | None = None
@@ -173,7 +175,7 @@ class Trainer:
                 self.games,
                 self.agent("priorzero", explore=True),
                 lm_version=lambda: self.prior.version,
-                wm_version=lambda: self.background.published if self.background is not None else self.counters.wm_updates,
+                wm_version=lambda: self.background.published["wm"] if self.background is not None else self.counters.wm_updates,
                 on_step=lambda episode, decision, command, result: self.decisions.append(decision),
                 groups=1 if self.config.train.collection == "lockstep" else self.config.train.collect_groups,
             )
@@ -189,7 +191,8 @@ class Trainer:
             except Exception as exc:  # a game without a walkthrough, or one that cannot replay it: no metric
                 log.info("no walkthrough states for %s (%s); the prior's walkthrough quality is not measured", self.config.env.env_id, exc)
                 self._walkthrough = []
-        return walkthrough_quality(self.prior, self._walkthrough)
+        with self.paused():  # with run.cluster the language model may be learning in the background
+            return walkthrough_quality(self.prior, self._walkthrough)
 
     def close(self) -> None:
         if self.background is not None:
@@ -230,16 +233,17 @@ class Trainer:
 
     def learn(self, should_stop, metrics: dict[str, list[float]], finish: bool = False) -> None:
         """The updates the replay ratio owes for the steps collected so far (none while the buffer is empty).
-        With train.max_policy_lag > 0 the world model's updates run in the background; this waits only where the weights
-        the next step acts with would trail more than that (`finish`: until all are done, at the end of a run)."""
+        With train.max_policy_lag > 0 the background learner makes them (the world model's; both with run.cluster, whose
+        collectors search and score with copies of their own); this waits only where a learner trails what it owes by
+        more than that (`finish`: until all are done, at the end of a run). The rest run here, one after the other."""
         if not len(self.buffer):
             return
         train = self.config.train
-        learners = [("lm", self.lm_learner, train.lm_updates_per_step)]
-        if train.max_policy_lag > 0 and self.config.run.cluster is None:  # a cluster's collectors play in other processes already
-            self._learn_in_background(should_stop, metrics, finish)
-        else:
-            learners.insert(0, ("wm", self.wm_learner, train.wm_updates_per_step))
+        learners = [("wm", self.wm_learner, train.wm_updates_per_step), ("lm", self.lm_learner, train.lm_updates_per_step)]
+        if train.max_policy_lag > 0:
+            background = learners if self.config.run.cluster is not None else learners[:1]
+            self._learn_in_background([(p, lr, r) for p, lr, r in background if lr is not None], should_stop, metrics, finish)
+            learners = learners[len(background):]
         for prefix, learner, ratio in learners:
             if learner is None:
                 continue
@@ -255,29 +259,39 @@ class Trainer:
                 setattr(self.counters, f"{prefix}_updates", getattr(self.counters, f"{prefix}_updates") + 1)
             metrics.setdefault(f"time/learn_{prefix}_s", []).append(time.perf_counter() - start)
 
-    def _learn_in_background(self, should_stop, metrics: dict[str, list[float]], finish: bool) -> None:
+    def _learn_in_background(self, learners: list[tuple[str, Any, float]], should_stop, metrics: dict[str, list[float]], finish: bool) -> None:
         if self.background is None:
-            self.background = BackgroundWorldModel(self.wm_learner, self.acting_world_model, self.buffer, self.buffer_lock, self.sampler, self.counters.wm_updates)
-        owed = owed_updates(self.config.train.wm_updates_per_step, self.counters.env_steps)
+            on_publish = None if self.acting_world_model is self.world_model else lambda: copy_weights(self.world_model, self.acting_world_model)
+            done = {prefix: getattr(self.counters, f"{prefix}_updates") for prefix, _, _ in learners}
+            self.background = BackgroundLearner({p: lr for p, lr, _ in learners}, done, self.buffer, self.buffer_lock, self.sampler, on_publish)
+        owed = {prefix: owed_updates(ratio, self.counters.env_steps) for prefix, _, ratio in learners}
         self.background.owe(owed)
-        bound = owed if finish else owed - self.config.train.max_policy_lag
-        if self.background.publish() < bound:
+        bound = owed if finish else {prefix: n - self.config.train.max_policy_lag for prefix, n in owed.items()}
+        published = self.background.publish()
+        if any(published[prefix] < n for prefix, n in bound.items()):
             start = time.perf_counter()
             self.background.wait(bound, should_stop)
             metrics.setdefault("time/wait_learner_s", []).append(time.perf_counter() - start)
-        self.counters.wm_updates = self.background.done
-        learned, seconds = self.background.take_metrics()
-        for key, values in learned.items():
-            metrics.setdefault(f"wm/{key}", []).extend(values)
-        metrics.setdefault("time/learn_wm_s", []).append(seconds)
-        metrics.setdefault("wm/policy_lag", []).append(float(owed - self.background.published))
+        published = self.background.publish()
+        for prefix in owed:
+            setattr(self.counters, f"{prefix}_updates", self.background.done[prefix])
+            learned, seconds = self.background.take_metrics(prefix)
+            for key, values in learned.items():
+                metrics.setdefault(f"{prefix}/{key}", []).extend(values)
+            metrics.setdefault(f"time/learn_{prefix}_s", []).append(seconds)
+            metrics.setdefault(f"{prefix}/policy_lag", []).append(float(owed[prefix] - published[prefix]))
+
+    def paused(self):
+        """A block in which no background update runs (the learners' models and optimisers are whole)."""
+        return self.background.paused() if self.background is not None else contextlib.nullcontext()
 
     # ---- checkpoints ----
 
     def state_dict(self) -> dict[str, Any]:
-        with self.background.paused() if self.background is not None else contextlib.nullcontext():
+        with self.paused():
             if self.background is not None:
-                self.counters.wm_updates = self.background.done
+                for prefix, done in self.background.done.items():
+                    setattr(self.counters, f"{prefix}_updates", done)
             return self._state_dict()
 
     def _state_dict(self) -> dict[str, Any]:
@@ -312,6 +326,13 @@ class Trainer:
             steps = record_count(episode["records"])
             log.warning("episode %d (slot %d) could not be rebuilt by replaying its commands; its %d steps are dropped", episode["index"], episode["slot"], steps)
             self.counters.dropped_steps += steps
+
+
+def copy_weights(source: torch.nn.Module, target: torch.nn.Module) -> None:
+    """`target` takes `source`'s weights, in place."""
+    with torch.no_grad():
+        for mine, theirs in zip(target.state_dict().values(), source.state_dict().values(), strict=True):
+            mine.copy_(theirs)
 
 
 def owed_updates(ratio: float, env_steps: int) -> int:
