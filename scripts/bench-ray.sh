@@ -7,8 +7,8 @@
 #   MODES="pool local-4" HEAD_CPUS=16 scripts/bench-ray.sh 3 --preset full --set env.num_envs=256 --set run.collector_gpus=0.2
 #                                   # local-N: `train --cluster local` with N collectors of HEAD_CPUS/N CPUs (docs/scale.md)
 #
-# It starts its own Ray head (HEAD_CPUS CPUs, default: all of this machine's) in a process group of its own and
-# ends that group when done. PRIORZERO runs the CLI (default: python -m priorzero.cli of the current python).
+# For the ray-K modes it starts its own Ray head (HEAD_CPUS CPUs, default: all of this machine's) in a process group
+# of its own and ends that group when done. PRIORZERO runs the CLI (default: python -m priorzero.cli of the current python).
 set -euo pipefail
 rounds=${1:-3}
 shift || true
@@ -22,12 +22,15 @@ run=(--preset quick --max-env-steps 96 --set env.num_envs=4 --set train.eval_age
 
 # RAY_worker_niceness=0: Ray runs its workers at nice 15 by default, which on a shared machine would starve the
 # collectors against the pool's processes (nice 0).
-RAY_worker_niceness=0 setsid "$ray_bin" start --head --node-ip-address 127.0.0.1 --port "$port" --num-cpus "$cpus" --include-dashboard=false \
-  --temp-dir "$out/ray" --block --disable-usage-stats >"$out/head.log" 2>&1 &
-head_pid=$!
-trap 'kill -TERM -- -$head_pid 2>/dev/null; sleep 10; kill -KILL -- -$head_pid 2>/dev/null || true' EXIT
-until "$python" -c "import socket; socket.create_connection(('127.0.0.1', $port), 1)" 2>/dev/null; do sleep 1; done
-sleep 3
+export RAY_worker_niceness=0
+if [[ " $modes " == *" ray-"* ]]; then  # the head only for the modes that use it (local-N runs start their own)
+  setsid "$ray_bin" start --head --node-ip-address 127.0.0.1 --port "$port" --num-cpus "$cpus" --include-dashboard=false \
+    --temp-dir "$out/ray" --block --disable-usage-stats >"$out/head.log" 2>&1 &
+  head_pid=$!
+  trap 'kill -TERM -- -$head_pid 2>/dev/null; sleep 10; kill -KILL -- -$head_pid 2>/dev/null || true' EXIT
+  until "$python" -c "import socket; socket.create_connection(('127.0.0.1', $port), 1)" 2>/dev/null; do sleep 1; done
+  sleep 3
+fi
 
 one() {  # one() NAME [options]: a run, its steps/s appended to $out/NAME
   local name=$1; shift
