@@ -139,9 +139,11 @@ class Trainer:
         shape = WorldModelShape.from_config(config.model, self.encoder.dim)
         self.world_model = WorldModel(shape).to(self.device).eval()  # what the learner trains
         # what the collection searches with: the same model, or a copy taking the learner's weights between steps
-        # one machine with a background learner: the games search with a copy (a cluster's actors have their own)
-        acting_copy = config.train.max_policy_lag > 0 and config.run.cluster is None
-        self.acting_world_model = copy.deepcopy(self.world_model) if acting_copy else self.world_model
+        # the learners the background thread runs (background.py): none at lag 0; on one machine the world model's, and
+        # the games search with a copy of it; with run.cluster both (the actors have copies of their own)
+        lag, cluster = config.train.max_policy_lag > 0, config.run.cluster is not None
+        self.background_learners = ("wm", "lm") if lag and cluster else ("wm",) if lag else ()
+        self.acting_world_model = copy.deepcopy(self.world_model) if lag and not cluster else self.world_model
         self.wm_learner = WMLearner(self.world_model, self.encoder, config.train, config.model)
         self.lm_learner = LMLearner(self.prior, config.train) if config.train.lm_finetune != "off" else None
         self.buffer = ReplayBuffer(config.train.buffer_steps, config.train.segment_length)
@@ -239,13 +241,13 @@ class Trainer:
         if not len(self.buffer):
             return
         train = self.config.train
-        learners = [("wm", self.wm_learner, train.wm_updates_per_step), ("lm", self.lm_learner, train.lm_updates_per_step)]
-        if train.max_policy_lag > 0:
-            background = learners if self.config.run.cluster is not None else learners[:1]
-            self._learn_in_background([(p, lr, r) for p, lr, r in background if lr is not None], should_stop, metrics, finish)
-            learners = learners[len(background):]
+        learners = [("wm", self.wm_learner, train.wm_updates_per_step)]
+        if self.lm_learner is not None:
+            learners.append(("lm", self.lm_learner, train.lm_updates_per_step))
+        if self.background_learners:
+            self._learn_in_background([entry for entry in learners if entry[0] in self.background_learners], should_stop, metrics, finish)
         for prefix, learner, ratio in learners:
-            if learner is None:
+            if prefix in self.background_learners:
                 continue
             owed = owed_updates(ratio, self.counters.env_steps) - getattr(self.counters, f"{prefix}_updates")
             if owed <= 0:
@@ -261,7 +263,7 @@ class Trainer:
 
     def _learn_in_background(self, learners: list[tuple[str, Any, float]], should_stop, metrics: dict[str, list[float]], finish: bool) -> None:
         if self.background is None:
-            on_publish = None if self.acting_world_model is self.world_model else lambda: copy_weights(self.world_model, self.acting_world_model)
+            on_publish = None if self.acting_world_model is self.world_model else lambda: self.acting_world_model.load_state_dict(self.world_model.state_dict())
             done = {prefix: getattr(self.counters, f"{prefix}_updates") for prefix, _, _ in learners}
             self.background = BackgroundLearner({p: lr for p, lr, _ in learners}, done, self.buffer, self.buffer_lock, self.sampler, on_publish)
         owed = {prefix: owed_updates(ratio, self.counters.env_steps) for prefix, _, ratio in learners}
@@ -270,9 +272,9 @@ class Trainer:
         published = self.background.publish()
         if any(published[prefix] < n for prefix, n in bound.items()):
             start = time.perf_counter()
-            self.background.wait(bound, should_stop)
+            self.background.wait(bound, should_stop)  # publishes what it waited for
             metrics.setdefault("time/wait_learner_s", []).append(time.perf_counter() - start)
-        published = self.background.publish()
+            published = self.background.published
         for prefix in owed:
             setattr(self.counters, f"{prefix}_updates", self.background.done[prefix])
             learned, seconds = self.background.take_metrics(prefix)
@@ -326,13 +328,6 @@ class Trainer:
             steps = record_count(episode["records"])
             log.warning("episode %d (slot %d) could not be rebuilt by replaying its commands; its %d steps are dropped", episode["index"], episode["slot"], steps)
             self.counters.dropped_steps += steps
-
-
-def copy_weights(source: torch.nn.Module, target: torch.nn.Module) -> None:
-    """`target` takes `source`'s weights, in place."""
-    with torch.no_grad():
-        for mine, theirs in zip(target.state_dict().values(), source.state_dict().values(), strict=True):
-            mine.copy_(theirs)
 
 
 def owed_updates(ratio: float, env_steps: int) -> int:
