@@ -207,6 +207,42 @@ def test_training_on_two_nodes_survives_a_killed_collector_and_resumes(cluster, 
 
 
 @needs_ray
+def test_inference_actor_decides_for_the_collectors_and_survives_a_kill(cluster, tiny_config, tmp_path):
+    """run.inference_actors: the models in one inference actor (node A's CPU), the games in one collector (node B's);
+    the inference actor is killed mid-run, Ray restarts it, the collector waits for it and the run finishes."""
+    run = tmp_path / "run"
+    layout = ["--set", "run.collectors=1", "--set", "run.inference_actors=1", "--set", "run.inference_gpus=0"]
+    process = priorzero("train", "--preset", "quick", "--config", str(tiny_config), "--cluster", cluster.address, *layout, "--run-dir", str(run), "--max-env-steps", "60")
+    try:
+        deadline = time.monotonic() + 240
+        while not metrics(run):  # a first iteration done
+            assert process.poll() is None, process.communicate()[1][-3000:]
+            assert time.monotonic() < deadline, "the run did not finish its first iteration in time"
+            time.sleep(1)
+        (name,) = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if a["name"].startswith("priorzero-inference-")]
+        server = ray.get_actor(name, namespace="priorzero")
+        assert {ray.get(server.hello.remote())["node_id"], ray.get(collectors()[0].hello.remote())["node_id"]} == {n["NodeID"] for n in ray.nodes() if n["Alive"]}
+        ray.kill(server, no_restart=False)
+        _, stderr = process.communicate(timeout=400)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 0, stderr[-3000:]
+    counters = json.loads((run / "summary.json").read_text())["counters"]
+    assert counters["env_steps"] == 60 and counters["inference_restarts"] == 1 and counters["collector_restarts"] == 0
+    log = (run / "train.log").read_text()
+    assert "deciding in inference actor 0" in log and "inference actor 0 was restarted" in log
+    assert metrics(run)[-2]["collect/inference_restarts"] == 1
+    import torch
+
+    state = torch.load(run / "checkpoints" / "latest.pt", weights_only=True)
+    records = records_from_state(state["buffer"]["records"])
+    running = [r for episode in state["running_episodes"] for r in records_from_state(episode["records"])]
+    assert len(records) + len(running) == 60, "no step lost: the collector waited"
+    assert max(r.wm_version for r in records) > 0, "the inference actor decided with published weights"
+
+
+@needs_ray
 def test_an_unreachable_cluster_is_one_line_and_writes_nothing(tmp_path):
     run = tmp_path / "run"
     process = priorzero("train", "--preset", "quick", "--cluster", f"127.0.0.1:{free_port()}", "--run-dir", str(run))

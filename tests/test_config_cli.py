@@ -50,6 +50,7 @@ def test_yaml_round_trip(tmp_path):
         (["llm.nope=1"], "unknown config key 'llm.nope'"),
         (["nosection=1"], "must be section.key"),
         (["search.num_simulations=0"], "search.num_simulations"),
+        (["run.inference_actors=2", "run.collector_gpus=0.2"], "the collectors hold none .* set run.collector_gpus=0"),
     ],
 )
 def test_invalid_values_name_the_key(overrides, expected):

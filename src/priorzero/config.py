@@ -74,6 +74,11 @@ class RunConfig(_Section):
     collector_gpus: float = Field(
         0.0, ge=0, le=8, description="With run.cluster: GPUs Ray reserves for each collector actor (a fraction shares one); above 0 its models run on that GPU. 0: on its CPUs."
     )
+    inference_actors: int = Field(
+        0, ge=0, le=1024, description="With run.cluster: inference actors that hold the models and decide for the collectors, batching the requests of several (the SEED RL layout; collector i asks actor i mod N); the collectors then hold only their games. 0: every collector decides with copies of its own."
+    )
+    inference_cpus: int = Field(1, ge=1, le=1024, description="With run.inference_actors: CPUs Ray reserves for each inference actor; its models use that many threads.")
+    inference_gpus: float = Field(1.0, ge=0, le=8, description="With run.inference_actors: GPUs Ray reserves for each inference actor (a fraction shares one); 0: its models run on its CPUs.")
 
     @field_validator("cluster")
     @classmethod
@@ -81,6 +86,15 @@ class RunConfig(_Section):
         if value is not None and (not value.strip() or any(c.isspace() for c in value)):
             raise ValueError(f"run.cluster {value!r} must be a Ray address such as 10.0.0.1:6379, 'auto' or 'local'")
         return value
+
+    @model_validator(mode="after")
+    def _collectors_without_models_need_no_gpu(self) -> "RunConfig":
+        if self.inference_actors and self.collector_gpus > 0:
+            raise ValueError(
+                f"run.collector_gpus={self.collector_gpus:g} reserves GPUs for the collectors' models, but with run.inference_actors="
+                f"{self.inference_actors} the collectors hold none (the inference actors do: run.inference_gpus); set run.collector_gpus=0"
+            )
+        return self
 
     @field_validator("name")
     @classmethod

@@ -21,6 +21,12 @@ runs the ordinary `EpisodeLoop` over its share of the slots (slot s belongs to a
 - Steps: `step(limit)` launches every idle actor that has running episodes, at most `limit` steps in all, then
   waits for at least one to answer; the driver keeps a mirror of every running episode (records, history,
   observation), so the checkpoint's running episodes and the episodes of a lost actor are known here.
+- Inference actors (run.inference_actors > 0, the SEED RL layout): the models live in those actors (on a GPU
+  share each, run.inference_gpus) and the collectors hold only their games; a collector's agent (RemoteAgent)
+  sends each decision to its inference actor (collector i asks actor i % run.inference_actors) with the weights
+  its step carries, and the actor decides the requests of several collectors in one batch, with the newest of
+  their weights. An inference actor that dies is restarted by Ray and its collectors wait for it (at most
+  RESTART_TIMEOUT_S, then the run stops); the restart is counted (counters.inference_restarts, a warning).
 - Faults: actors restart (Ray's max_restarts). A step that fails because its actor died, or that takes longer
   than the hang limit (its actor is then killed), ends that actor's running episodes as truncated
   ("collector_restarted") with the records received so far (steps it had sent to its games but not answered are
@@ -36,10 +42,11 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from priorzero.errors import UserError
 from priorzero.train.agents import GameState
@@ -137,42 +144,34 @@ class Reply:
     games_seconds: float = 0.0
     cache_lookups: int = 0
     cache_hits: int = 0
+    inference_seen: list[tuple[int, str]] = field(default_factory=list)  # (inference actor, incarnation) that decided
 
 
-class Collector:
-    """A collector actor's body: its slots' games, copies of the models (on its CPUs, or on its share of a GPU with
-    run.collector_gpus), the SearchAgent, one EpisodeLoop.
+def _quiet_actor() -> None:
+    """An actor process's environment and warnings, as the CLI sets them for itself (cli.py)."""
+    for key, value in ACTOR_ENV.items():
+        os.environ.setdefault(key, value)
+    import warnings
 
-    Its models start untrained; every step call carries the newest published weights, loaded before deciding."""
+    for module in ("transformers", "peft", "torch"):
+        warnings.filterwarnings("ignore", category=FutureWarning, module=module)
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module=module)
+    logging.getLogger("sentence_transformers").setLevel(logging.WARNING)
 
-    def __init__(self, config_data: dict[str, Any], slots: int, index: int) -> None:
-        for key, value in ACTOR_ENV.items():
-            os.environ.setdefault(key, value)
-        import warnings
 
-        for module in ("transformers", "peft", "torch"):  # as the CLI quiets them for itself (cli.py)
-            warnings.filterwarnings("ignore", category=FutureWarning, module=module)
-            warnings.filterwarnings("ignore", category=DeprecationWarning, module=module)
-        import torch
+class ActingModels:
+    """Copies of the learner's models that decide for collection (in a collector actor, or in an inference actor):
+    the LM prior (transformers backend, the learner's LoRA adapter names), the text encoder, the world model and
+    the exploring SearchAgent over them. They start untrained; `load` takes the driver's published weights."""
 
-        from priorzero.config import Config
-        from priorzero.envs.pool import GamePool
+    def __init__(self, config: Config, device: str) -> None:
         from priorzero.llm.backends.hf import HFPrior
         from priorzero.llm.prior import PriorModel
         from priorzero.model.text_encoder import TextEncoder
         from priorzero.model.world_model import WorldModel, WorldModelShape
         from priorzero.train.agents import SearchAgent
-        from priorzero.train.episodes import EpisodeLoop, PoolGames
         from priorzero.train.lm_learner import with_lora
-        from priorzero.train.loop import seed_everything
 
-        config = Config.model_validate(config_data)
-        self.incarnation = uuid.uuid4().hex
-        self.index = index
-        torch.set_num_threads(config.run.collector_cpus)
-        seed_everything(config.run.seed + 7919 * (index + 1))  # its own exploration noise
-        logging.getLogger("sentence_transformers").setLevel(logging.WARNING)
-        device = "cuda" if config.run.collector_gpus > 0 else "cpu"  # Ray shows the actor only the GPU it reserved
         self.prior = PriorModel.of(HFPrior.from_config(config.llm, device=device))
         if config.train.lm_finetune == "lora":  # the learner's adapter names, so its published weights load by name
             self.prior.trainable.model = with_lora(self.prior.trainable.model, config.train)
@@ -180,15 +179,192 @@ class Collector:
         self.encoder = TextEncoder(device)
         shape = WorldModelShape.from_config(config.model, self.encoder.dim)
         self.world_model = WorldModel(shape).to(device).eval()
+        self.agent = SearchAgent(self.world_model, self.encoder, config.search, config.model.context_window, self.prior, explore=True)
         self.versions: tuple[int, int] | None = None  # (lm, wm) of the loaded weights; None: none loaded yet
-        agent = SearchAgent(self.world_model, self.encoder, config.search, config.model.context_window, self.prior, explore=True)
+
+    def load(self, ref: Any) -> None:
+        """The published weights behind `ref` (fetched from the object store), each model only if its version changed."""
+        import ray
+        import torch
+
+        weights = ray.get(ref)
+        lm_version, wm_version = weights["versions"]
+        if self.versions is None or self.versions[1] != wm_version:
+            self.world_model.load_state_dict(weights["world_model"])
+            self.world_model.eval()
+        if weights["language_model"] is not None and (self.versions is None or self.versions[0] != lm_version):
+            named = dict(self.prior.trainable.model.named_parameters())
+            with torch.no_grad():
+                for name, value in weights["language_model"].items():
+                    named[name].copy_(value)
+        self.prior.version = lm_version  # a new version clears the prior's cache
+        self.prior.backend.receive_weights(self.prior.trainable.model, lm_version)
+        self.versions = (lm_version, wm_version)
+
+    def take_cache_counts(self) -> tuple[int, int]:
+        """The prior cache's lookups and hits since the last call."""
+        counts = (self.prior.cache_lookups, self.prior.cache_hits)
+        self.prior.cache_lookups = self.prior.cache_hits = 0
+        return counts
+
+
+class InferenceDown(Exception):
+    """An inference actor stayed down past RESTART_TIMEOUT_S (raised in a collector; the driver stops the run)."""
+
+
+@dataclass
+class Request:
+    """One collector's decision request to an inference actor."""
+
+    ref: Any  # the published weights the collector's step carries
+    versions: tuple[int, int]
+    states: list[GameState]
+    result: Any = None
+    error: BaseException | None = None
+
+
+class Batching:
+    """Requests from several threads served together: one that arrives while a batch is being served waits, and is
+    served in the next batch with every other that arrived meanwhile, in one `serve(batch)` call (which sets each
+    request's `result`; an error it raises fails every request of its batch)."""
+
+    def __init__(self, serve: Callable[[list[Request]], None]) -> None:
+        self.serve = serve
+        self._queue: list[Request] = []
+        self._queue_lock = threading.Lock()
+        self._serving = threading.Lock()  # one batch at a time
+
+    def __call__(self, request: Request) -> Any:
+        with self._queue_lock:
+            self._queue.append(request)
+        with self._serving:
+            if request.result is None and request.error is None:  # not served by the batch before: serve what is queued
+                with self._queue_lock:
+                    batch, self._queue = self._queue, []
+                try:
+                    self.serve(batch)
+                except BaseException as exc:
+                    for r in batch:
+                        r.error = exc
+        if request.error is not None:
+            raise request.error
+        return request.result
+
+
+class Inference:
+    """An inference actor's body (run.inference_actors, the SEED RL layout): the acting models on its GPU share,
+    deciding for the collectors that ask it. The requests of several collectors are decided in one batch
+    (`Batching`: one search covers their games), with the newest weights any of them carries; the reply says which
+    versions those were."""
+
+    def __init__(self, config_data: dict[str, Any], index: int) -> None:
+        _quiet_actor()
+        import torch
+
+        from priorzero.config import Config
+        from priorzero.train.loop import seed_everything
+
+        config = Config.model_validate(config_data)
+        self.incarnation = uuid.uuid4().hex
+        self.index = index
+        torch.set_num_threads(config.run.inference_cpus)
+        seed_everything(config.run.seed + 104729 * (index + 1))  # its own exploration noise
+        self.models = ActingModels(config, "cuda" if config.run.inference_gpus > 0 else "cpu")  # Ray shows it only its GPU
+        self.batching = Batching(self._serve)
+
+    def hello(self) -> dict[str, Any]:
+        import ray
+
+        return {"incarnation": self.incarnation, "node_id": ray.get_runtime_context().get_node_id(), "pid": os.getpid(), "host": socket.gethostname()}
+
+    def decide(self, weights: list[Any], versions: tuple[int, int], states: list[GameState]) -> tuple:
+        """Decisions for `states` (one collector's group): (actor index, incarnation, versions used, decisions,
+        prior cache lookups, hits). Runs in one of the actor's threads (max_concurrency)."""
+        return self.batching(Request(weights[0], tuple(versions), states))
+
+    def _serve(self, batch: list[Request]) -> None:
+        newest = max(batch, key=lambda r: r.versions)
+        if self.models.versions is None or newest.versions > self.models.versions:  # never back to older weights
+            self.models.load(newest.ref)
+        decisions = self.models.agent.decide([state for r in batch for state in r.states])
+        lookups, hits = self.models.take_cache_counts()
+        start = 0
+        for n, r in enumerate(batch):  # the batch's cache counts go with its first request
+            r.result = (self.index, self.incarnation, self.models.versions, decisions[start : start + len(r.states)], lookups if n == 0 else 0, hits if n == 0 else 0)
+            start += len(r.states)
+
+
+class RemoteAgent:
+    """A collector's agent when its models live in an inference actor: `decide` is one call to that actor, with the
+    weights the collector's step carries. While the actor is down (Ray restarts it) the call is made again, for at
+    most RESTART_TIMEOUT_S; then InferenceDown."""
+
+    name = "priorzero"
+    needs_commands = True
+
+    def __init__(self, server: Any) -> None:
+        self.server = server
+        self.weights: list[Any] = [None]  # [ObjectRef] of the newest published weights (set by each step call)
+        self.wanted: tuple[int, int] = (0, 0)
+        self.versions: tuple[int, int] = (0, 0)  # what the last decision was made with
+        self.seen: set[tuple[int, str]] = set()  # (inference actor, incarnation) that answered since the last reply
+        self.cache_lookups = self.cache_hits = 0
+
+    def decide(self, states: list[GameState]) -> list[Decision]:
+        import ray
+
+        deadline = time.monotonic() + RESTART_TIMEOUT_S
+        while True:
+            try:
+                index, incarnation, versions, decisions, lookups, hits = ray.get(self.server.decide.remote(self.weights, self.wanted, states))
+                break
+            except ray.exceptions.RayActorError:
+                if time.monotonic() > deadline:
+                    raise InferenceDown(f"an inference actor has been down for {RESTART_TIMEOUT_S:.0f} s and does not restart; the last checkpoint is intact (priorzero train --resume)") from None
+                time.sleep(1.0)
+        self.versions = tuple(versions)
+        self.seen.add((index, incarnation))
+        self.cache_lookups += lookups
+        self.cache_hits += hits
+        return decisions
+
+    def take_cache_counts(self) -> tuple[int, int]:
+        counts = (self.cache_lookups, self.cache_hits)
+        self.cache_lookups = self.cache_hits = 0
+        return counts
+
+
+class Collector:
+    """A collector actor's body: its slots' games, the SearchAgent and one EpisodeLoop. The agent decides with
+    copies of the models (on its CPUs, or on its share of a GPU with run.collector_gpus), or, given an inference
+    actor, by asking it (RemoteAgent). Every step call carries the newest published weights."""
+
+    def __init__(self, config_data: dict[str, Any], slots: int, index: int, inference: Any = None) -> None:
+        _quiet_actor()
+        import torch
+
+        from priorzero.config import Config
+        from priorzero.envs.pool import GamePool
+        from priorzero.train.episodes import EpisodeLoop, PoolGames
+        from priorzero.train.loop import seed_everything
+
+        config = Config.model_validate(config_data)
+        self.incarnation = uuid.uuid4().hex
+        self.index = index
+        torch.set_num_threads(config.run.collector_cpus)
+        seed_everything(config.run.seed + 7919 * (index + 1))  # its own exploration noise
+        if inference is None:
+            self.models: ActingModels | RemoteAgent = ActingModels(config, "cuda" if config.run.collector_gpus > 0 else "cpu")  # Ray shows it only its GPU
+            agent = self.models.agent
+        else:
+            self.models = agent = RemoteAgent(inference)
         self.games = PoolGames(GamePool([config.env.env_id] * slots, config.env))
         self.decisions: list[Decision] = []
         self.loop = EpisodeLoop(
             self.games,
             agent,
-            lm_version=lambda: self.versions[0] if self.versions else 0,
-            wm_version=lambda: self.versions[1] if self.versions else 0,
+            lm_version=lambda: (self.models.versions or (0, 0))[0],
+            wm_version=lambda: (self.models.versions or (0, 0))[1],
             on_step=lambda episode, decision, command, result: self.decisions.append(decision),
             groups=1 if config.train.collection == "lockstep" else config.train.collect_groups,
         )
@@ -208,8 +384,10 @@ class Collector:
 
     def step(self, weights: list[Any], versions: tuple[int, int], limit: int | None) -> Reply:
         """One EpisodeLoop step with the newest weights (`weights` is [ObjectRef], fetched only when newer)."""
-        if self.versions != tuple(versions):
-            self._load(weights[0])
+        if isinstance(self.models, RemoteAgent):
+            self.models.weights, self.models.wanted = weights, tuple(versions)  # the inference actor loads them
+        elif self.models.versions != tuple(versions):
+            self.models.load(weights[0])
         before = self.loop.steps
         ended = self.loop.step(limit)
         return self._reply(ended, self.loop.steps - before)
@@ -229,24 +407,6 @@ class Collector:
     def close(self) -> None:
         self.games.close()
 
-    def _load(self, ref: Any) -> None:
-        import ray
-        import torch
-
-        weights = ray.get(ref)
-        lm_version, wm_version = weights["versions"]
-        if self.versions is None or self.versions[1] != wm_version:
-            self.world_model.load_state_dict(weights["world_model"])
-            self.world_model.eval()
-        if weights["language_model"] is not None and (self.versions is None or self.versions[0] != lm_version):
-            named = dict(self.prior.trainable.model.named_parameters())
-            with torch.no_grad():
-                for name, value in weights["language_model"].items():
-                    named[name].copy_(value)
-        self.prior.version = lm_version  # a new version clears the prior's cache
-        self.prior.backend.receive_weights(self.prior.trainable.model, lm_version)
-        self.versions = (lm_version, wm_version)
-
     def _reply(self, ended: list[tuple[Episode, EpisodeResult]], steps: int, started: list[tuple[int, Observation]] = ()) -> Reply:
         progress = []
         for episode in [e for e in self.loop.episodes if e is not None] + [e for e, _ in ended]:
@@ -256,6 +416,7 @@ class Collector:
                 self.reported[episode.slot] = len(episode.state.history)
         for episode, _ in ended:
             self.reported.pop(episode.slot, None)
+        lookups, hits = self.models.take_cache_counts()
         reply = Reply(
             self.incarnation,
             steps,
@@ -265,12 +426,14 @@ class Collector:
             self.decisions,
             self.loop.agent_seconds,
             self.loop.games_seconds,
-            self.prior.cache_lookups,
-            self.prior.cache_hits,
+            lookups,
+            hits,
+            sorted(self.models.seen) if isinstance(self.models, RemoteAgent) else [],
         )
         self.decisions = []
         self.loop.agent_seconds = self.loop.games_seconds = 0.0  # each reply carries what was spent since the last
-        self.prior.cache_lookups = self.prior.cache_hits = 0
+        if isinstance(self.models, RemoteAgent):
+            self.models.seen = set()
         return reply
 
 
@@ -324,38 +487,52 @@ class RayCollection:
         self.hang_s = 3 * config.env.call_timeout_s + config.env.start_timeout_s  # a step longer than this: the actor is killed
         nodes = [n for n in cluster_nodes(self.ray) if n["alive"] and n["cpus"] > 0]
         count = config.run.collectors or max(1, min(len(nodes), self.num_slots))  # default: one per node with CPUs
-        cpus, gpus = config.run.collector_cpus, config.run.collector_gpus
-        if gpus > 0 and sum(n["gpus"] for n in nodes) < count * gpus:
-            raise UserError(f"the Ray cluster has {sum(n['gpus'] for n in nodes):g} GPUs, fewer than {count} collectors x run.collector_gpus ({gpus:g}); lower run.collector_gpus or set it to 0 (models on the collectors' CPUs)")
+        run = config.run
+        servers = run.inference_actors
+        cpus, gpus = count * run.collector_cpus + servers * run.inference_cpus, count * run.collector_gpus + servers * run.inference_gpus
+        asked = f"{count} collectors x run.collector_cpus ({run.collector_cpus})" + (f" + {servers} inference actors x run.inference_cpus ({run.inference_cpus})" if servers else "")
+        if gpus > 0 and sum(n["gpus"] for n in nodes) < gpus:
+            what = f"{servers} inference actors x run.inference_gpus ({run.inference_gpus:g}); lower run.inference_gpus or set it to 0 (models on their CPUs)" if servers else f"{count} collectors x run.collector_gpus ({run.collector_gpus:g}); lower run.collector_gpus or set it to 0 (models on the collectors' CPUs)"
+            raise UserError(f"the Ray cluster has {sum(n['gpus'] for n in nodes):g} GPUs, fewer than {what}")
         if count > self.num_slots:
             raise UserError(f"run.collectors ({count}) is more than env.num_envs ({self.num_slots}): every collector needs a game slot")
-        if sum(n["cpus"] for n in nodes) < count * cpus:
-            raise UserError(f"the Ray cluster has {sum(n['cpus'] for n in nodes):g} CPUs on {len(nodes)} nodes, fewer than {count} collectors x run.collector_cpus ({cpus})")
+        if servers > count:
+            raise UserError(f"run.inference_actors ({servers}) is more than the collectors ({count}): every inference actor needs a collector to decide for")
+        if sum(n["cpus"] for n in nodes) < cpus:
+            raise UserError(f"the Ray cluster has {sum(n['cpus'] for n in nodes):g} CPUs on {len(nodes)} nodes, fewer than {asked}")
         self.owned = [[slot for slot in range(self.num_slots) if slot % count == i] for i in range(count)]
-        remote = self.ray.remote(Collector)
-        run_id = f"{config.run.name}-{os.getpid()}"
+        run_id = f"{run.name}-{os.getpid()}"
+        options = {"namespace": NAMESPACE, "max_restarts": COLLECTOR_RESTARTS, "max_task_retries": 0, "scheduling_strategy": "SPREAD"}
+        config_data = config.model_dump(mode="json")
+        self.servers = [  # threads: one per collector it serves (each waits in decide) and one for hello
+            self.ray.remote(Inference)
+            .options(name=f"priorzero-inference-{run_id}-{j}", num_cpus=run.inference_cpus, num_gpus=run.inference_gpus, max_concurrency=-(-count // servers) + 1, **options)
+            .remote(config_data, j)
+            for j in range(servers)
+        ]
         self.actors = [
-            remote.options(
-                name=f"priorzero-collector-{run_id}-{i}",
-                namespace=NAMESPACE,
-                num_cpus=cpus,
-                num_gpus=gpus,
-                max_restarts=COLLECTOR_RESTARTS,
-                max_task_retries=0,
-                scheduling_strategy="SPREAD",
-            ).remote(config.model_dump(mode="json"), len(self.owned[i]), i)
+            self.ray.remote(Collector)
+            .options(name=f"priorzero-collector-{run_id}-{i}", num_cpus=run.collector_cpus, num_gpus=run.collector_gpus, **options)
+            .remote(config_data, len(self.owned[i]), i, self.servers[i % servers] if servers else None)
             for i in range(count)
         ]
-        ready, pending = self.ray.wait([a.hello.remote() for a in self.actors], num_returns=count, timeout=START_TIMEOUT_S)
+        everyone = self.actors + self.servers
+        ready, pending = self.ray.wait([a.hello.remote() for a in everyone], num_returns=len(everyone), timeout=START_TIMEOUT_S)
         if pending:
             self.close()
-            raise UserError(f"{len(pending)} of {count} collector actors did not start within {START_TIMEOUT_S:.0f} s (no node with {cpus} free CPUs, or the models failed to load: see the Ray logs)")
+            raise UserError(f"{len(pending)} of {len(everyone)} Ray actors did not start within {START_TIMEOUT_S:.0f} s (the cluster has no room for {asked}, or the models failed to load: see the Ray logs)")
         self.incarnations: list[str | None] = []
         self.placement: list[str] = []  # logged again at the first step, once the run's train.log exists
-        for i, hello in enumerate(self.ray.get([a.hello.remote() for a in self.actors])):
+        hellos = self.ray.get([a.hello.remote() for a in everyone])
+        for i, hello in enumerate(hellos[:count]):
             self.incarnations.append(hello["incarnation"])
-            self.placement.append(f"collector {i}: slots {self.owned[i]} on node {hello['node_id'][:12]} ({hello['host']}, pid {hello['pid']})")
-            log.info(self.placement[-1])
+            decides = f", deciding in inference actor {i % servers}" if servers else ""
+            self.placement.append(f"collector {i}: slots {self.owned[i]} on node {hello['node_id'][:12]} ({hello['host']}, pid {hello['pid']}){decides}")
+        self.server_incarnations = [{hello["incarnation"]} for hello in hellos[count:]]  # every incarnation seen, per inference actor
+        for j, hello in enumerate(hellos[count:]):
+            self.placement.append(f"inference actor {j}: collectors {list(range(j, count, servers))} on node {hello['node_id'][:12]} ({hello['host']}, pid {hello['pid']}), {run.inference_gpus:g} GPU")
+        for line in self.placement:
+            log.info(line)
         self.episodes: dict[int, Episode] = {}  # global slot -> the driver's mirror of its running episode
         self.tasks: dict[Any, _Task] = {}  # ObjectRef of a step in flight -> what it is
         self.pending: list[tuple[Episode, EpisodeResult]] = []  # episodes ended outside step() (found on a restart)
@@ -446,7 +623,10 @@ class RayCollection:
 
     def metrics(self) -> dict[str, float]:
         """This iteration's collection figures for the metrics row (the lag maximum starts again)."""
-        row = {"collect/restarts": float(self.trainer.counters.collector_restarts), "collect/policy_lag_max": float(self.lag_max), "collect/actors": float(len(self.actors))}
+        counters = self.trainer.counters
+        row = {"collect/restarts": float(counters.collector_restarts), "collect/policy_lag_max": float(self.lag_max), "collect/actors": float(len(self.actors))}
+        if self.servers:
+            row["collect/inference_restarts"] = float(counters.inference_restarts)
         self.lag_max = 0
         return row
 
@@ -458,6 +638,8 @@ class RayCollection:
             except Exception:  # already gone, or restarting: ray.kill below ends it either way
                 pass
             self.ray.kill(actor, no_restart=True)
+        for server in self.servers:
+            self.ray.kill(server, no_restart=True)
 
     # ---- inside ----
 
@@ -519,6 +701,8 @@ class RayCollection:
             reply = self.ray.get(ref)
         except self.ray.exceptions.RayActorError as exc:
             return self._lost(task.actor, f"{type(exc).__name__}")
+        except InferenceDown as exc:  # Ray raises the collector's error as an instance of its class
+            raise UserError(str(getattr(exc, "cause", None) or exc)) from None
         if self.published is not None:
             self.lag_max = max(self.lag_max, self.published[0] - task.versions[0], self.published[1] - task.versions[1])
         return self._apply(task.actor, reply)
@@ -537,6 +721,11 @@ class RayCollection:
         self.trainer.prior.cache_lookups += reply.cache_lookups
         self.trainer.prior.cache_hits += reply.cache_hits
         self.trainer.decisions.extend(reply.decisions)
+        for j, incarnation in reply.inference_seen:
+            if incarnation not in self.server_incarnations[j]:  # a restarted inference actor answered
+                self.server_incarnations[j].add(incarnation)
+                self.trainer.counters.inference_restarts += 1
+                log.warning("inference actor %d was restarted (%d restarts in this run); its collectors waited for it and go on", j, self.trainer.counters.inference_restarts)
         for p in reply.progress:
             episode = self.episodes[self._global(i, p.slot)]
             episode.records += p.records

@@ -68,6 +68,7 @@ class Counters:
     lm_updates: int = 0
     dropped_steps: int = 0  # steps of running episodes a resume could not rebuild, or a lost Ray collector had in flight (counted, never stored)
     collector_restarts: int = 0  # Ray collector actors that died and were restarted (run.cluster; train/cluster.py)
+    inference_restarts: int = 0  # Ray inference actors that died and were restarted (run.inference_actors)
     scorer_failures: int = 0  # language-model scorers (gpu.count > 1) that raised and were taken out, their episodes truncated
     train_seconds: float = 0.0  # time spent in iterations (collection and learning), across resumes
 

@@ -178,6 +178,9 @@ _RESUMABLE_KEYS = {
     ("run", "collectors"),
     ("run", "collector_cpus"),
     ("run", "collector_gpus"),
+    ("run", "inference_actors"),
+    ("run", "inference_cpus"),
+    ("run", "inference_gpus"),
     ("gpu", "count"),
 }
 
