@@ -146,9 +146,12 @@ def priorzero(*args: str, **kwargs) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "priorzero.cli", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
 
 
+def collector_names() -> list[str]:
+    return sorted(a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if a["name"].startswith("priorzero-collector-"))
+
+
 def collectors() -> list:
-    names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if a["name"].startswith("priorzero-collector-")]
-    return [ray.get_actor(name, namespace="priorzero") for name in sorted(names)]
+    return [ray.get_actor(name, namespace="priorzero") for name in collector_names()]
 
 
 def metrics(run: Path) -> list[dict]:
@@ -203,7 +206,41 @@ def test_training_on_two_nodes_survives_a_killed_collector_and_resumes(cluster, 
     # games had not answered when it died: those are counted as dropped
     assert len(records) + summary["counters"]["dropped_steps"] == 120
     assert max(r.lm_version for r in records) == 1 and max(r.wm_version for r in records) > 0, "the collectors played with published weights"
-    assert not collectors(), "the run ends its collector actors"
+    assert not collector_names(), "the run ends its collector actors"
+
+
+@needs_ray
+def test_the_learners_death_ends_its_actors_and_the_checkpoint_resumes(cluster, tiny_config, tmp_path):
+    """The learner lives in the driver: kill -9 it after its first checkpoint. Ray ends the actors it owned (no
+    collector is left playing), the checkpoint is intact and the run resumes from it on the same cluster."""
+    run = tmp_path / "run"
+    train = ["train", "--preset", "quick", "--config", str(tiny_config), "--cluster", cluster.address, "--run-dir", str(run)]
+    process = priorzero(*train, "--max-env-steps", "90")
+    try:
+        deadline = time.monotonic() + 240
+        while not (run / "checkpoints" / "latest.pt").is_file():  # the first iteration's checkpoint (written whole, then renamed)
+            assert process.poll() is None, process.communicate()[1][-3000:]
+            assert time.monotonic() < deadline, "the run did not write its first checkpoint in time"
+            time.sleep(0.5)
+        assert len(collectors()) == 2
+        process.send_signal(signal.SIGKILL)
+        process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    deadline = time.monotonic() + 60
+    while collector_names():
+        assert time.monotonic() < deadline, "the dead driver's collector actors are still alive"
+        time.sleep(1)
+    import torch
+
+    state = torch.load(run / "checkpoints" / "latest.pt", weights_only=True)
+    assert state["counters"]["env_steps"] >= 30
+    resumed = priorzero(*train, "--resume", "--max-env-steps", "60")
+    _, stderr = resumed.communicate(timeout=400)
+    assert resumed.returncode == 0, stderr[-3000:]
+    assert json.loads((run / "summary.json").read_text())["counters"]["env_steps"] == 60
+    assert not collector_names()
 
 
 @needs_ray

@@ -159,6 +159,29 @@ def _quiet_actor() -> None:
     logging.getLogger("sentence_transformers").setLevel(logging.WARNING)
 
 
+class _Actor:
+    """What every actor of a run does first: its environment, its config, its identity (a new incarnation on each
+    restart), its torch threads and its own seed (for its exploration noise); `hello` says where it runs."""
+
+    def __init__(self, config_data: dict[str, Any], index: int, threads: Callable[[Config], int], seed_stride: int) -> None:
+        _quiet_actor()
+        import torch
+
+        from priorzero.config import Config
+        from priorzero.train.loop import seed_everything
+
+        self.config = Config.model_validate(config_data)
+        self.incarnation = uuid.uuid4().hex
+        self.index = index
+        torch.set_num_threads(threads(self.config))
+        seed_everything(self.config.run.seed + seed_stride * (index + 1))
+
+    def hello(self) -> dict[str, Any]:
+        import ray
+
+        return {"incarnation": self.incarnation, "node_id": ray.get_runtime_context().get_node_id(), "pid": os.getpid(), "host": socket.gethostname()}
+
+
 class ActingModels:
     """Copies of the learner's models that decide for collection (in a collector actor, or in an inference actor):
     the LM prior (transformers backend, the learner's LoRA adapter names), the text encoder, the world model and
@@ -251,31 +274,16 @@ class Batching:
         return request.result
 
 
-class Inference:
+class Inference(_Actor):
     """An inference actor's body (run.inference_actors, the SEED RL layout): the acting models on its GPU share,
     deciding for the collectors that ask it. The requests of several collectors are decided in one batch
     (`Batching`: one search covers their games), with the newest weights any of them carries; the reply says which
     versions those were."""
 
     def __init__(self, config_data: dict[str, Any], index: int) -> None:
-        _quiet_actor()
-        import torch
-
-        from priorzero.config import Config
-        from priorzero.train.loop import seed_everything
-
-        config = Config.model_validate(config_data)
-        self.incarnation = uuid.uuid4().hex
-        self.index = index
-        torch.set_num_threads(config.run.inference_cpus)
-        seed_everything(config.run.seed + 104729 * (index + 1))  # its own exploration noise
-        self.models = ActingModels(config, "cuda" if config.run.inference_gpus > 0 else "cpu")  # Ray shows it only its GPU
+        super().__init__(config_data, index, lambda config: config.run.inference_cpus, 104729)
+        self.models = ActingModels(self.config, "cuda" if self.config.run.inference_gpus > 0 else "cpu")  # Ray shows it only its GPU
         self.batching = Batching(self._serve)
-
-    def hello(self) -> dict[str, Any]:
-        import ray
-
-        return {"incarnation": self.incarnation, "node_id": ray.get_runtime_context().get_node_id(), "pid": os.getpid(), "host": socket.gethostname()}
 
     def decide(self, weights: list[Any], versions: tuple[int, int], states: list[GameState]) -> tuple:
         """Decisions for `states` (one collector's group): (actor index, incarnation, versions used, decisions,
@@ -334,25 +342,17 @@ class RemoteAgent:
         return counts
 
 
-class Collector:
+class Collector(_Actor):
     """A collector actor's body: its slots' games, the SearchAgent and one EpisodeLoop. The agent decides with
     copies of the models (on its CPUs, or on its share of a GPU with run.collector_gpus), or, given an inference
     actor, by asking it (RemoteAgent). Every step call carries the newest published weights."""
 
     def __init__(self, config_data: dict[str, Any], slots: int, index: int, inference: Any = None) -> None:
-        _quiet_actor()
-        import torch
-
-        from priorzero.config import Config
+        super().__init__(config_data, index, lambda config: config.run.collector_cpus, 7919)
         from priorzero.envs.pool import GamePool
         from priorzero.train.episodes import EpisodeLoop, PoolGames
-        from priorzero.train.loop import seed_everything
 
-        config = Config.model_validate(config_data)
-        self.incarnation = uuid.uuid4().hex
-        self.index = index
-        torch.set_num_threads(config.run.collector_cpus)
-        seed_everything(config.run.seed + 7919 * (index + 1))  # its own exploration noise
+        config = self.config
         if inference is None:
             self.models: ActingModels | RemoteAgent = ActingModels(config, "cuda" if config.run.collector_gpus > 0 else "cpu")  # Ray shows it only its GPU
             agent = self.models.agent
@@ -369,11 +369,6 @@ class Collector:
             groups=1 if config.train.collection == "lockstep" else config.train.collect_groups,
         )
         self.reported: dict[int, int] = {}  # slot -> steps of its episode already reported
-
-    def hello(self) -> dict[str, Any]:
-        import ray
-
-        return {"incarnation": self.incarnation, "node_id": ray.get_runtime_context().get_node_id(), "pid": os.getpid(), "host": socket.gethostname()}
 
     def start(self, starts: list[tuple[int, int, int]]) -> Reply:
         ended = self.loop.start(starts)
