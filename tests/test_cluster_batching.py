@@ -1,6 +1,7 @@
-"""The inference actor's batching (train/cluster.py:Batching), without Ray: requests from several threads that
-arrive while a batch is served are served together in the next one, each gets its own result, and an error fails
-exactly the requests of its batch."""
+"""The inference actor's batching and weights (train/cluster.py: Batching, Inference._serve), without Ray: requests
+from several threads that arrive while a batch is served are served together in the next one, each gets its own
+result, an error fails exactly the requests of its batch, and a batch is decided with the newest weights any of its
+requests carries, never with older ones than the actor has."""
 
 from __future__ import annotations
 
@@ -77,3 +78,38 @@ def test_an_error_fails_the_requests_of_its_batch_only():
     assert results["a"] == [2]
     assert isinstance(results["b"], ValueError) and results["b"] is results["c"]
     assert batching(Request(None, (0, 0), [5])) == [10], "the next batch is served again"
+
+
+class FakeActingModels:
+    """Stands in for the inference actor's models: 'loads' a reference by recording it, decides by echoing states."""
+
+    def __init__(self) -> None:
+        self.versions = None
+        self.loaded: list[str] = []
+        self.agent = self
+
+    def load(self, ref: str) -> None:
+        self.loaded.append(ref)
+        self.versions = {"w1": (0, 1), "w2": (1, 2), "w3": (1, 3)}[ref]
+
+    def decide(self, states: list[int]) -> list[int]:
+        return [10 * state for state in states]
+
+    def take_cache_counts(self) -> tuple[int, int]:
+        return 5, 2
+
+
+def test_an_inference_batch_uses_the_newest_weights_and_never_goes_back():
+    from priorzero.train.cluster import Inference
+
+    server = Inference.__new__(Inference)  # the real _serve over fake models (no Ray, no model loading)
+    server.index, server.incarnation, server.models = 0, "inc", FakeActingModels()
+    batch = [Request("w1", (0, 1), [1, 2]), Request("w2", (1, 2), [3])]
+    server._serve(batch)
+    assert server.models.loaded == ["w2"], "the batch is decided with the newest weights any request carries"
+    assert batch[0].result == (0, "inc", (1, 2), [10, 20], 5, 2) and batch[1].result == (0, "inc", (1, 2), [30], 0, 0)
+    older = [Request("w1", (0, 1), [4])]
+    server._serve(older)
+    assert server.models.loaded == ["w2"] and older[0].result[2] == (1, 2), "a request with older weights does not load them"
+    server._serve([Request("w3", (1, 3), [5])])
+    assert server.models.loaded == ["w2", "w3"]
