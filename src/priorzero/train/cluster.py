@@ -62,7 +62,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 NAMESPACE = "priorzero"
-COLLECTOR_RESTARTS = 10  # Ray restarts a collector actor this many times; then the run stops
+ACTOR_RESTARTS = 10  # Ray restarts a collector or inference actor this many times; then the run stops
 RESTART_TIMEOUT_S = 600.0  # longest a call waits for a restarting actor (it loads its models again)
 START_TIMEOUT_S = 600.0  # longest the actors may take to be placed and to load their models
 RESTARTED = "collector_restarted"  # truncated_reason of the episodes a lost actor was playing
@@ -497,7 +497,7 @@ class RayCollection:
             raise UserError(f"the Ray cluster has {sum(n['cpus'] for n in nodes):g} CPUs on {len(nodes)} nodes, fewer than {asked}")
         self.owned = [[slot for slot in range(self.num_slots) if slot % count == i] for i in range(count)]
         run_id = f"{run.name}-{os.getpid()}"
-        options = {"namespace": NAMESPACE, "max_restarts": COLLECTOR_RESTARTS, "max_task_retries": 0, "scheduling_strategy": "SPREAD"}
+        options = {"namespace": NAMESPACE, "max_restarts": ACTOR_RESTARTS, "max_task_retries": 0, "scheduling_strategy": "SPREAD"}
         config_data = config.model_dump(mode="json")
         self.servers = [  # threads: one per collector it serves (each waits in decide) and one for hello
             self.ray.remote(Inference)
