@@ -95,8 +95,8 @@ class FakeActingModels:
     def decide(self, states: list[int]) -> list[int]:
         return [10 * state for state in states]
 
-    def take_cache_counts(self) -> tuple[int, int]:
-        return 5, 2
+    def take_counts(self) -> tuple[int, int, list]:
+        return 5, 2, []
 
 
 def test_an_inference_batch_uses_the_newest_weights_and_never_goes_back():

@@ -224,9 +224,14 @@ class ActingModels:
         self.prior.backend.receive_weights(self.prior.trainable.model, lm_version)
         self.versions = (lm_version, wm_version)
 
-    def take_cache_counts(self) -> tuple[int, int]:
-        """The prior cache's lookups and hits since the last call."""
-        counts = (self.prior.cache_lookups, self.prior.cache_hits)
+    def receive(self, weights: list[Any], versions: tuple[int, int]) -> None:
+        """A collector step's weights ([ObjectRef]): loaded here if they are not the ones held."""
+        if self.versions != tuple(versions):
+            self.load(weights[0])
+
+    def take_counts(self) -> tuple[int, int, list[tuple[int, str]]]:
+        """The prior cache's lookups and hits since the last call (and no inference actors: these models decide)."""
+        counts = (self.prior.cache_lookups, self.prior.cache_hits, [])
         self.prior.cache_lookups = self.prior.cache_hits = 0
         return counts
 
@@ -295,7 +300,7 @@ class Inference(_Actor):
         if self.models.versions is None or newest.versions > self.models.versions:  # never back to older weights
             self.models.load(newest.ref)
         decisions = self.models.agent.decide([state for r in batch for state in r.states])
-        lookups, hits = self.models.take_cache_counts()
+        lookups, hits, _ = self.models.take_counts()
         start = 0
         for n, r in enumerate(batch):  # the batch's cache counts go with its first request
             r.result = (self.index, self.incarnation, self.models.versions, decisions[start : start + len(r.states)], lookups if n == 0 else 0, hits if n == 0 else 0)
@@ -336,9 +341,15 @@ class RemoteAgent:
         self.cache_hits += hits
         return decisions
 
-    def take_cache_counts(self) -> tuple[int, int]:
-        counts = (self.cache_lookups, self.cache_hits)
+    def receive(self, weights: list[Any], versions: tuple[int, int]) -> None:
+        """A collector step's weights: sent with each request, the inference actor loads them."""
+        self.weights, self.wanted = weights, tuple(versions)
+
+    def take_counts(self) -> tuple[int, int, list[tuple[int, str]]]:
+        """The prior cache's lookups and hits, and the (inference actor, incarnation) that answered, since the last call."""
+        counts = (self.cache_lookups, self.cache_hits, sorted(self.seen))
         self.cache_lookups = self.cache_hits = 0
+        self.seen = set()
         return counts
 
 
@@ -379,10 +390,7 @@ class Collector(_Actor):
 
     def step(self, weights: list[Any], versions: tuple[int, int], limit: int | None) -> Reply:
         """One EpisodeLoop step with the newest weights (`weights` is [ObjectRef], fetched only when newer)."""
-        if isinstance(self.models, RemoteAgent):
-            self.models.weights, self.models.wanted = weights, tuple(versions)  # the inference actor loads them
-        elif self.models.versions != tuple(versions):
-            self.models.load(weights[0])
+        self.models.receive(weights, versions)
         before = self.loop.steps
         ended = self.loop.step(limit)
         return self._reply(ended, self.loop.steps - before)
@@ -411,7 +419,7 @@ class Collector(_Actor):
                 self.reported[episode.slot] = len(episode.state.history)
         for episode, _ in ended:
             self.reported.pop(episode.slot, None)
-        lookups, hits = self.models.take_cache_counts()
+        lookups, hits, seen = self.models.take_counts()
         reply = Reply(
             self.incarnation,
             steps,
@@ -423,12 +431,10 @@ class Collector(_Actor):
             self.loop.games_seconds,
             lookups,
             hits,
-            sorted(self.models.seen) if isinstance(self.models, RemoteAgent) else [],
+            seen,
         )
         self.decisions = []
         self.loop.agent_seconds = self.loop.games_seconds = 0.0  # each reply carries what was spent since the last
-        if isinstance(self.models, RemoteAgent):
-            self.models.seen = set()
         return reply
 
 
@@ -479,11 +485,12 @@ class RayCollection:
         self.num_slots = config.env.num_envs
         self.env_id = config.env.env_id
         self.max_lag = config.train.max_policy_lag
-        self.hang_s = 3 * config.env.call_timeout_s + config.env.start_timeout_s  # a step longer than this: the actor is killed
         nodes = [n for n in cluster_nodes(self.ray) if n["alive"] and n["cpus"] > 0]
         count = config.run.collectors or max(1, min(len(nodes), self.num_slots))  # default: one per node with CPUs
         run = config.run
         servers = run.inference_actors
+        # a step longer than this: its actor is killed (it may also wait out a restarting inference actor's RESTART_TIMEOUT_S)
+        self.hang_s = 3 * config.env.call_timeout_s + config.env.start_timeout_s + (RESTART_TIMEOUT_S if servers else 0.0)
         cpus, gpus = count * run.collector_cpus + servers * run.inference_cpus, count * run.collector_gpus + servers * run.inference_gpus
         asked = f"{count} collectors x run.collector_cpus ({run.collector_cpus})" + (f" + {servers} inference actors x run.inference_cpus ({run.inference_cpus})" if servers else "")
         if gpus > 0 and sum(n["gpus"] for n in nodes) < gpus:
