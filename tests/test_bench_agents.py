@@ -108,16 +108,17 @@ def test_killed_suite_resumes_without_redoing_finished_points(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert first_point.read_bytes() == first_bytes and first_point.stat().st_mtime_ns == first_mtime  # not redone
     log = (out / "bench.log").read_text()
-    assert "point 1/2: done before" in log
+    assert "point 0/2: done before" in log and "point 1/2: done before" in log
     run_log = (out / "runs" / GAME / "seed-0" / "train.log").read_text()
     assert "resumed" in run_log  # the second segment continued the run's checkpoint
 
     results = json.loads((out / "results.json").read_text())
     assert json.loads(result.stdout.strip().splitlines()[-1]) == results  # --json: the results object, last line
-    assert results["complete"] is True and results["settings"]["targets"] == [4, 8]
+    assert results["complete"] is True and results["settings"]["targets"] == [0, 4, 8]
     points = results["games"][GAME]["points"]
-    assert [p["point"] for p in points] == [1, 2] and results["games"][GAME]["final"] == points[-1]
-    assert [p["env_steps"]["mean"] for p in points] == [4, 8]  # one iteration of 2 games x 2 steps per point
+    assert [p["point"] for p in points] == [0, 1, 2] and results["games"][GAME]["final"] == points[-1]
+    assert results["games"][GAME]["untrained"] == points[0]  # the initial weights: the baseline of every agent
+    assert [p["env_steps"]["mean"] for p in points] == [0, 4, 8]  # one iteration of 2 games x 2 steps per point
     for point in points:
         assert point["max_score"] == 1.0 and point["eval_max_episode_steps"] == 2 and point["seeds"] == [0]
         assert set(point["agents"]) == AGENTS
@@ -133,6 +134,7 @@ def test_killed_suite_resumes_without_redoing_finished_points(tmp_path):
     table = (out / "results.md").read_text()
     for name in AGENTS:
         assert f"| {GAME} | {name} |" in table
-    assert "| point | env steps | random | llm | wm | priorzero |" in table
+    assert "| point | env steps | random | llm | wm | priorzero |" in table and "| untrained |" in table
+    assert "| 0 | 0 |" in table
     png = out / f"curves-{GAME}.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000

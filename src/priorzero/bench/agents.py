@@ -1,12 +1,13 @@
 """`priorzero bench agents`: train on each (game, seed) for a budget of environment steps and score the agents
 `random`, `llm`, `wm` and `priorzero` at evenly spaced points along the way.
 
-For each (game, seed), point k of P is at ceil(k * budget / P) environment steps: the run trains until it reaches
-that many (`run_training` with `train.max_env_steps`; from point 2 on it resumes its own checkpoint), then all four
-agents play `--eval-episodes` episodes each from that checkpoint (`evaluate_checkpoint`; evaluation seeds are
-apart from training's, see train/evaluator.py), under the game's evaluation step limit (envs/game_settings.py,
-or `--eval-steps`). A run stops after the iteration that reaches the target, so the steps reached are a little
-above it; they are what is reported.
+For each (game, seed), point 0 scores the untrained models (the run's initial weights: the language model as
+loaded, the world model as its seed initialises it), the baseline every later point is read against; point k of
+P is at ceil(k * budget / P) environment steps: the run trains until it reaches that many (`run_training` with
+`train.max_env_steps`; from point 2 on it resumes its own checkpoint), then all four agents play
+`--eval-episodes` episodes each from that checkpoint (`evaluate_checkpoint`; evaluation seeds are apart from
+training's, see train/evaluator.py), under the game's evaluation step limit (envs/game_settings.py, or
+`--eval-steps`). `--max-env-steps` is a cap, so the steps reached are the target; they are what is reported.
 
     <out>/
       bench.log                        everything logged, training included
@@ -43,7 +44,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 AGENTS = ("random", "llm", "wm", "priorzero")
-RESULTS_FORMAT = 1
+RESULTS_FORMAT = 2  # 2: point 0, the untrained models
 
 
 # ---- what to run ----
@@ -99,7 +100,8 @@ def default_games(env: EnvConfig) -> list[str]:
 
 
 def point_targets(env_steps: int, points: int) -> list[int]:
-    return [math.ceil(env_steps * k / points) for k in range(1, points + 1)]
+    """Environment steps of each point: 0 (untrained), then `points` evenly spaced up to the budget."""
+    return [math.ceil(env_steps * k / points) for k in range(points + 1)]
 
 
 def game_slug(env_id: str) -> str:
@@ -184,12 +186,13 @@ def run_game_seed(
     """Every point of one (game, seed) that has no file yet: train to its target, evaluate, write the file."""
     from priorzero.envs.game_settings import game_settings
     from priorzero.fileio import write_json_atomic
-    from priorzero.train.evaluate_checkpoint import evaluate_checkpoint
+    from priorzero.train.evaluate_checkpoint import evaluate_checkpoint, evaluate_untrained
 
     run_dir = out / "runs" / game_slug(game) / f"seed-{seed}"
-    for k, target in enumerate(targets, start=1):
+    last = len(targets) - 1
+    for k, target in enumerate(targets):
         point_path = out / "points" / game_slug(game) / f"seed-{seed}" / f"point-{k}.json"
-        config = build(game, seed, target)
+        config = build(game, seed, target or targets[1])  # point 0 reads the run's config; its steps are 0
         limit = eval_steps or game_settings(game).eval_max_episode_steps or config.env.max_episode_steps
         identity = {"config": comparable(config), "eval_episodes": eval_episodes, "eval_max_episode_steps": limit, "target_env_steps": target}
         if point_path.is_file():
@@ -197,22 +200,25 @@ def run_game_seed(
             differing = sorted(key for key in identity if done.get(key) != identity[key])
             if differing:
                 raise UserError(f"{point_path} was made with other settings ({', '.join(differing)}); use a new --out or the same options")
-            log.info("%s seed %d point %d/%d: done before (%d environment steps), skipped", game, seed, k, len(targets), done["env_steps"])
+            log.info("%s seed %d point %d/%d: done before (%d environment steps), skipped", game, seed, k, last, done["env_steps"])
             continue
         started = time.monotonic()
-        reached = train_to(config, run_dir)
+        reached = train_to(config, run_dir) if target else 0
         trained = time.monotonic()
         log.info("%s seed %d point %d/%d: evaluating %s at %d environment steps, %d episodes of at most %d steps",
-                 game, seed, k, len(targets), ", ".join(AGENTS), reached, eval_episodes, limit)
-        scores = evaluate_checkpoint(run_dir, list(AGENTS), eval_episodes, overrides=[f"env.max_episode_steps={limit}"])
+                 game, seed, k, last, ", ".join(AGENTS), reached, eval_episodes, limit)
+        if target:
+            scores = evaluate_checkpoint(run_dir, list(AGENTS), eval_episodes, overrides=[f"env.max_episode_steps={limit}"])
+        else:
+            scores = evaluate_untrained(config, list(AGENTS), eval_episodes, overrides=[f"env.max_episode_steps={limit}"])
         agents = {name: agent_record(scores[name]) for name in AGENTS}
         point = {
-            "format": RESULTS_FORMAT, "game": game, "seed": seed, "point": k, "points": len(targets), "env_steps": reached,
+            "format": RESULTS_FORMAT, "game": game, "seed": seed, "point": k, "points": last, "env_steps": reached,
             "max_episode_steps": config.env.max_episode_steps, "agents": agents,
             "seconds": {"train": round(trained - started, 1), "eval": round(time.monotonic() - trained, 1)}, **identity,
         }
         write_json_atomic(point_path, point)
-        log.info("%s seed %d point %d/%d at %d steps: %s", game, seed, k, len(targets), reached,
+        log.info("%s seed %d point %d/%d at %d steps: %s", game, seed, k, last, reached,
                  ", ".join(f"{name} {a['mean_score']:g} ({a['normalised_score']:.2f})" for name, a in agents.items()))
         on_point()
 
@@ -235,7 +241,7 @@ def aggregate(out: Path, games: list[str], seeds: list[int], targets: list[int],
     complete = True
     for game in games:
         points = []
-        for k, target in enumerate(targets, start=1):
+        for k, target in enumerate(targets):
             files = [out / "points" / game_slug(game) / f"seed-{seed}" / f"point-{k}.json" for seed in seeds]
             done = [json.loads(path.read_text()) for path in files if path.is_file()]
             complete &= len(done) == len(seeds)
@@ -260,7 +266,12 @@ def aggregate(out: Path, games: list[str], seeds: list[int], targets: list[int],
                 "max_episode_steps": done[0]["max_episode_steps"], "eval_max_episode_steps": done[0]["eval_max_episode_steps"],
                 "agents": agents,
             })
-        per_game[game] = {"points": points, "final": points[-1] if points else None}
+        trained = [point for point in points if point["point"] > 0]
+        per_game[game] = {
+            "points": points,
+            "untrained": points[0] if points and points[0]["point"] == 0 else None,
+            "final": trained[-1] if trained else None,
+        }
     return {"format": RESULTS_FORMAT, "complete": complete, "settings": settings, "games": per_game}
 
 
@@ -281,23 +292,25 @@ def render_markdown(results: dict[str, Any]) -> str:
         + ("." if results["complete"] else ". **Incomplete: some points are not done yet.**"),
         "",
         "Score: the game's raw score, mean over seeds of each seed's mean over its episodes, ± the standard deviation "
-        "over seeds (min–max over seeds beside it); normalised = score / max score. Environment steps: those the runs "
-        "reached at the last point (mean over seeds).",
+        "over seeds (min–max over seeds beside it); normalised = score / max score; untrained = the same agent at "
+        "point 0 (the run's initial weights). Environment steps: those the runs reached at the last point (mean over "
+        "seeds).",
         "",
-        "| game | agent | score | min–max | max score | normalised | win rate | env steps | seeds × episodes |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| game | agent | score | min–max | untrained | max score | normalised | win rate | env steps | seeds × episodes |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for game, data in results["games"].items():
-        final = data["final"]
+        final, untrained = data["final"], data["untrained"]
         if final is None:
-            lines.append(f"| {game} | (not started) | | | | | | | |")
+            lines.append(f"| {game} | (not started) | | | | | | | | |")
             continue
         max_score = "-" if final["max_score"] is None else f"{final['max_score']:g}"
         for name in AGENTS:
             agent = final["agents"][name]
             score = agent["score"]
+            before = "-" if untrained is None else _cell(untrained["agents"][name]["score"], 2)
             lines.append(
-                f"| {game} | {name} | {_cell(score, 2)} | {score['min']:g}–{score['max']:g} | {max_score} | "
+                f"| {game} | {name} | {_cell(score, 2)} | {score['min']:g}–{score['max']:g} | {before} | {max_score} | "
                 f"{_cell(agent['normalised_score'], 3)} | {agent['win_rate']:.2f} | {final['env_steps']['mean']:,.0f} | "
                 f"{len(final['seeds'])} × {agent['episodes'] // max(1, len(final['seeds']))} |"
             )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from priorzero.config import build_config
+from priorzero.config import Config, build_config
 from priorzero.envs.registry import require_valid_commands
 from priorzero.errors import UserError
 from priorzero.train.checkpoint import load_checkpoint, resolve_checkpoint_path
@@ -46,7 +46,17 @@ def trainer_from_checkpoint(
 def evaluate_checkpoint(
     path: Path, agents: list[str], episodes: int, env_id: str | None = None, game_dir: Path | None = None, overrides: list[str] = ()
 ) -> dict[str, AgentScore]:
-    trainer = trainer_from_checkpoint(path, env_id, game_dir, overrides)
+    return _evaluate(trainer_from_checkpoint(path, env_id, game_dir, overrides), agents, episodes)
+
+
+def evaluate_untrained(config: Config, agents: list[str], episodes: int, overrides: list[str] = ()) -> dict[str, AgentScore]:
+    """The agents with the weights a run of this config starts from (seeded by run.seed, before any update)."""
+    config = build_config(None, None, overrides, base=config.model_dump(mode="json"))
+    require_valid_commands(config.env, "evaluation")
+    return _evaluate(Trainer(config), agents, episodes)
+
+
+def _evaluate(trainer: Trainer, agents: list[str], episodes: int) -> dict[str, AgentScore]:
     try:
         return {name: evaluate(trainer.games, trainer.agent(name), episodes) for name in agents}
     finally:
