@@ -6,6 +6,9 @@
 #   bash scripts/gpu-measure.sh throughput   # bench envs ceilings; bench train lockstep vs pipeline (issue 15)
 #   LABEL=x GAME=detective.z5 NUM_ENVS=256 STEPS=4000 EXTRA='--set ...' bash scripts/gpu-measure.sh train   # one train run, GPU sampled
 #   GAME=detective.z5 NUM_ENVS=64 bash scripts/gpu-measure.sh profile   # train under cProfile, GPU utilisation sampled
+#   VARIANTS='old|.devcarry/old/src|;new||;bigwm||--set train.wm_batch_size=256' GAME=... bash scripts/gpu-measure.sh compare
+#       # `train` runs one after the other (label|source tree to run instead of src/, if any|extra options), each
+#       # from an empty Jericho listing cache; their logs, metrics and GPU samples in $OUT/compare.tgz
 set -uo pipefail
 out=${OUT:-/tmp/out}
 mkdir -p "$out"
@@ -49,6 +52,16 @@ train)
   grep -h "steps/s" "$out/train-$label.log" | tail -3
   python3 scripts/gpu_summary.py "$label" "$out/metrics-$label.jsonl" "$out/util-$label.txt" "$out/train-$label.log" | tee -a "$out/summary.txt"
   ;;
+compare)
+  IFS=';' read -ra variants <<<"${VARIANTS:?}"
+  for variant in "${variants[@]}"; do
+    IFS='|' read -r label tree extra <<<"$variant"
+    rm -rf "${PRIORZERO_CACHE_DIR:-/tmp/pzcache}/jericho-valid"  # every run lists from scratch
+    PYTHONPATH=${tree:+$PWD/$tree:}$PYTHONPATH python3 -c 'import priorzero; print("priorzero from", priorzero.__file__)'
+    PYTHONPATH=${tree:+$PWD/$tree:}$PYTHONPATH LABEL=$label EXTRA=$extra bash "$0" train
+  done
+  (cd "$out" && tar -czf compare.tgz train-*.log metrics-*.jsonl util-*.txt && rm -f train-*.log metrics-*.jsonl util-*.txt)
+  ;;
 profile)
   # where the training command's time goes: `train --preset full` under cProfile, GPU utilisation sampled each second
   nvidia-smi --query-gpu=utilization.gpu --format=csv,noheader,nounits -l 1 >"$out/util-profile.txt" &
@@ -62,5 +75,5 @@ profile)
     "$out/train.prof" >"$out/profile.txt" 2>&1
   ;;
 *)
-  echo "usage: $0 stress|throughput|train|profile" >&2; exit 2 ;;
+  echo "usage: $0 stress|throughput|train|compare|profile" >&2; exit 2 ;;
 esac

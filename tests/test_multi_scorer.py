@@ -79,7 +79,7 @@ def test_slots_split_between_the_scorers_and_both_take_every_update(two, states)
     for a, b in zip(alone, split):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
 
-    learner = LMLearner(prior, config.train)  # wraps the trainable model with LoRA; the replica stays a plain model
+    learner = LMLearner(prior, config.train)  # wraps the trainable model and the replica with LoRA alike
     records = [
         StepRecord(s.observation.text, list(s.commands), p, [1.0 / len(s.commands)] * len(s.commands), 0.0,
                    [0] * (len(s.commands) - 1) + [8], len(s.commands) - 1, 1.0, False, 0, value_target=float(i))

@@ -146,3 +146,46 @@ def test_prior_cache_reuses_scores_until_the_weights_change(config, records):
     learner.step(records)  # new weights: the cached prior is stale
     _, updated = prior.priors([state])
     assert calls == [1, 1] and not torch.equal(updated[0], first[0])
+
+
+def test_deferred_learner_publishes_to_its_replica_only_when_asked(config, records):
+    """Learning beside collection: the scorer is a model of its own (a replica), the learner trains another copy.
+    An update leaves the scorer's weights and version as they were until `publish()`; then the replica scores
+    exactly what the trained model scores (its adapter's parameters copied by name, nothing merged)."""
+    from priorzero.llm.loading import load_language_model
+
+    scorer = HFPrior.from_config(config.llm)
+    scorer.replica = True
+    prior = PriorModel(scorer, load_language_model(config.llm), scorer.token_budget)
+    torch.manual_seed(0)
+    learner = LMLearner(prior, config.train, deferred=True)
+    assert prior.scorers[0].lm.model is not prior.trainable.model
+    states = [(r.prompt_ids, r.commands) for r in records]
+
+    def scored() -> list[torch.Tensor]:
+        from priorzero.llm.prior import PreparedState
+
+        return scorer.prior_from_prepared([PreparedState(p, prior.candidate_ids(c), 0) for p, c in states])
+
+    def trained() -> list[torch.Tensor]:
+        with torch.no_grad():
+            return [lp.exp().float().cpu() for lp in prior.log_priors_with_grad([p for p, _ in states], [c for _, c in states])]
+
+    before = scored()
+    for a, b in zip(before, trained()):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=0)  # the replica starts with the learner's initial adapter
+    trained_weights = {k: v.clone() for k, v in prior.trainable.model.state_dict().items()}
+    learner.step(records)
+    learner.step(records)
+    assert learner.updates == 2 and prior.version == 0 and scorer.version == 0  # not published yet
+    for a, b in zip(before, scored()):
+        torch.testing.assert_close(a, b, atol=0, rtol=0)  # the scorer still holds the initial weights
+    learner.publish()
+    assert prior.version == 2 and scorer.version == 2
+    after = scored()
+    assert max((a - b).abs().max().item() for a, b in zip(before, after)) > 1e-3  # the updates reached the scorer
+    for a, b in zip(after, trained()):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+    base = {k: v for k, v in prior.trainable.model.state_dict().items() if "lora_" not in k}
+    assert all(torch.equal(v, trained_weights[k]) for k, v in base.items())  # publishing never touched the base weights
+    assert learner.state_dict()["version"] == 2

@@ -231,25 +231,31 @@ def test_a_run_killed_before_its_first_checkpoint_blocks_nothing(tmp_path, tiny_
     assert checkpoint(run)["counters"]["iteration"] == 1
 
 
-def test_background_world_model_learning_keeps_the_replay_ratio_and_resumes(tmp_path, tiny_config):
-    """train.max_policy_lag > 0: the world model learns in a thread while the games are played; the run still
-    makes exactly the updates its replay ratio owes, acts with weights at most that many updates behind, and
-    resumes from its checkpoint."""
+def test_background_learning_keeps_the_replay_ratio_and_resumes(tmp_path, tiny_config):
+    """train.max_policy_lag > 0: both models learn in a thread while the games are played, the collection acting
+    with copies (the language model's loaded apart at start-up); the run still makes exactly the updates its replay
+    ratios owe, acts with weights at most that many updates behind, and resumes from its checkpoint."""
     run = tmp_path / "background"
     lag = ("--set", "train.max_policy_lag=2")
     result = priorzero("train", "--preset", "quick", "--config", str(tiny_config), *lag, "--max-iter", "2", "--run-dir", str(run))
     assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((run / "startup.json").read_text())["trainable"] == "a copy of its own on cpu"
     counters = checkpoint(run)["counters"]
     assert counters["wm_updates"] == int(0.5 * counters["env_steps"])  # the run ends with every owed update
+    assert counters["lm_updates"] == int(0.25 * counters["env_steps"]) > 0
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    lags = [row["wm/policy_lag"] for row in rows if "wm/policy_lag" in row]
-    assert lags and all(0 <= value <= 2 for value in lags)
+    for prefix in ("wm", "lm"):
+        lags = [row[f"{prefix}/policy_lag"] for row in rows if f"{prefix}/policy_lag" in row]
+        assert lags and all(0 <= value <= 2 for value in lags), prefix
     state = checkpoint(run)
-    running = [v for episode in state["running_episodes"] for v in episode["records"]["wm_version"].tolist()]
-    assert running and max(running) > 0  # the steps after the first episodes ended acted with learned weights
+    assert state["language_model"]["version"] == counters["lm_updates"]  # the learner's weights, published or not
+    for key in ("wm_version", "lm_version"):
+        running = [v for episode in state["running_episodes"] for v in episode["records"][key].tolist()]
+        assert running and max(running) > 0, key  # the steps after the first episodes ended acted with learned weights
 
     result = priorzero("train", "--resume", "--run-dir", str(run), "--max-iter", "3")
     assert result.returncode == 0, result.stderr[-3000:]
     resumed = checkpoint(run)["counters"]
     assert resumed["iteration"] == 3 and resumed["env_steps"] > counters["env_steps"]
     assert resumed["wm_updates"] == int(0.5 * resumed["env_steps"])
+    assert resumed["lm_updates"] == int(0.25 * resumed["env_steps"])

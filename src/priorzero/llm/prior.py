@@ -81,7 +81,8 @@ class ScorerFailed(Exception):
 
 
 class PriorModel:
-    """The prior as training sees it: `backend` scores, `trainable` learns, `version` counts the updates.
+    """The prior as training sees it: `backend` scores, `trainable` learns, `version` counts the updates the scorers
+    hold (the learner may be ahead of them: train/lm_learner.py, `deferred`).
 
     `scorers` (default: `backend` alone) share the scoring; see the module docstring.
     Priors are cached by (prompt ids, command ids) until the version changes: games revisit the same states
@@ -209,10 +210,10 @@ class PriorModel:
         finally:
             self.trainable.model = current
 
-    def weights_updated(self, drift_states: Sequence[PreparedState] = ()) -> None:
-        """After a language-model update: a new version, sent to the backend, and (for a separate engine) the drift
-        between what it now scores and what `trainable` scores on a few recent states, logged."""
-        self.version += 1
+    def weights_updated(self, drift_states: Sequence[PreparedState] = (), version: int | None = None) -> None:
+        """After language-model updates: a new version (`version`, else one more), sent to the scorers, and (for a
+        separate engine) the drift between what it now scores and what `trainable` scores on a few recent states, logged."""
+        self.version = self.version + 1 if version is None else version
         self.send_weights()
         if drift_states and self.backend.name != "hf" and any(self.scorers[i] is self.backend for i in self.live):
             self.last_drift = logprob_drift(self, drift_states)

@@ -15,9 +15,11 @@
    backend last. Every failed attempt is in the report.
 3. Budgets: PyTorch's allocator is capped per GPU at the budgets placed there (the language model's and the
    trainer's), so an overshoot is an out-of-memory error the callers shrink on, not a silent excess.
-4. The trainable model: the transformers backend's own (of the scorer on the trainer's GPU); beside a vLLM engine, a
-   transformers copy on the trainer's device, whose weights the engine receives after each update. Every other scorer
-   receives them too (a transformers replica copies them, the adapter merged in).
+4. The trainable model: the transformers backend's own (of the scorer on the trainer's GPU), unless the language
+   model learns beside collection on this machine (`learns_beside_collection`): then, as beside a vLLM engine, a
+   transformers copy of its own on the trainer's device (inside the trainer's budget), whose weights the scorers
+   receive when the learner publishes them. Every other scorer receives them too (a transformers replica, wrapped
+   with the learner's adapter, copies the trained parameters by name).
 """
 
 from __future__ import annotations
@@ -35,6 +37,12 @@ from priorzero.gpu.budget import format_size
 from priorzero.llm.prior import PriorModel
 
 log = logging.getLogger(__name__)
+
+
+def learns_beside_collection(config: Config) -> bool:
+    """The language model learns in a thread beside this machine's collection (train.max_policy_lag > 0, no
+    run.cluster, fine-tuning on), so no scorer may score with the model it trains: the trainable model is a copy."""
+    return config.train.max_policy_lag > 0 and config.run.cluster is None and config.train.lm_finetune != "off"
 
 
 @dataclass
@@ -99,12 +107,14 @@ def start_prior(config: Config, nvml: Any = None, sleep: Callable[[float], None]
     # the trainer sharing a scorer's GPU follows it there (a retry may have moved it), with its own budget or none
     train_place = plan.train if plan.train.device != plan.scorers[primary].device else replace(plan.train, device=lm_place.device, gpu=lm_place.gpu)
     lm_device, train_device = torch.device(lm_place.device), torch.device(train_place.device)
-    if backend.name == "hf":
+    shared = backend.name == "hf" and not learns_beside_collection(config)
+    if shared:
         trainable, token_budget = backend.lm, backend.token_budget
     else:
-        trainable, token_budget = load_language_model(llm, device=train_device), llm.score_token_budget
+        trainable = load_language_model(llm, device=train_device)
+        token_budget = backend.token_budget if backend.name == "hf" else llm.score_token_budget
     for other in backends:
-        if other is not backend and other.name == "hf":
+        if other.name == "hf" and not (shared and other is backend):
             other.replica = True  # its own model, beside the one that trains: it copies the trained weights
     caps = _cap_allocators(list(zip(places, [b.name for b in backends])), train_place)
     first = places[0]
@@ -135,6 +145,7 @@ def start_prior(config: Config, nvml: Any = None, sleep: Callable[[float], None]
         "lock_wait_s": sum(started.lock_wait_s for started in starts),
         "load_s": clock() - began,
         "token_budget": token_budget,
+        "trainable": "shared with the scorer" if shared else f"a copy of its own on {train_device}",
         "model": llm.model,
         "dtype": str(trainable.dtype),
     }
@@ -178,6 +189,6 @@ def describe(report: dict[str, Any]) -> str:
     others = f"; {len(scorers)} scorers, on {', '.join(s['device'] for s in scorers)}, each scoring its share of the game slots" if len(scorers) > 1 else ""
     return (
         f"start-up: language model {report['model']} ({report['dtype']}) with the {report['backend']} backend{fallback} {where}{others}; "
-        f"trainer on {report['train_device']}; ready in {report['load_s']:.1f} s; {report['token_budget']:,} tokens per scoring pass{tries}"
+        f"trainer on {report['train_device']} (trainable language model: {report['trainable']}); ready in {report['load_s']:.1f} s; {report['token_budget']:,} tokens per scoring pass{tries}"
     )
 

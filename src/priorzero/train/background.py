@@ -7,13 +7,14 @@ collecting thread plays the games. The collecting thread drives it between steps
     done = learning.publish()    # hand the newest weights to the acting models (`on_publish`); updates they hold
     learning.wait({"wm": n})     # block until that many updates are done (the policy-lag bound, the end of a run)
 
-Which learners run here depends on where the games are played:
-- on this machine (`PoolGames`): the world model only; the collection searches with `acting`, a copy that
-  `on_publish` refreshes. The language model's updates stay on the collecting thread, because the transformers
-  backend scores with the very model the learner trains, so an update cannot run while the search scores;
-- on a Ray cluster (train/cluster.py): both models; the collector actors score and search with copies of their
-  own, so nothing on this machine acts with the learners' models and there is nothing to refresh. The cluster
-  takes its weights inside `paused()`.
+Both learners run here, the world model's and the language model's. Where the games are played decides what
+`on_publish` does:
+- on this machine (`PoolGames`): the collection searches with `acting`, a copy of the world model, and scores with
+  copies of the language model (start-up loads the trainable model apart from the scorers:
+  llm/startup.py:learns_beside_collection); `on_publish` gives the copies the learners' weights;
+- on a Ray cluster (train/cluster.py): the collector actors search and score with copies of their own, so nothing
+  on this machine acts with the learners' models and there is nothing to refresh. The cluster takes its weights
+  inside `paused()`.
 
 When several learners owe updates, the thread makes the update of the one furthest behind its target (by the
 share of the target done), so both keep pace with their ratios. The thread samples the replay buffer under

@@ -445,7 +445,7 @@ def episode_of(ended: list[tuple[Episode, EpisodeResult]], slot: int) -> Episode
 def learner_versions(trainer: Trainer) -> tuple[int, int]:
     """(language model, world model) versions of the learner's weights now (a background learner's included)."""
     wm = trainer.background.done["wm"] if trainer.background is not None else trainer.counters.wm_updates
-    return trainer.prior.version, wm
+    return (trainer.lm_learner.updates if trainer.lm_learner is not None else 0), wm
 
 
 def published_weights(trainer: Trainer) -> dict[str, Any]:

@@ -10,8 +10,11 @@ with the search policy the visit distribution or Gumbel MuZero's completed-Q pol
 A = n-step return - the world model's value of the state (the search's root value when the step was
 collected), normalised over the batch and clipped. LoRA adapters (peft) by default, so p_initial is the same
 model with its adapter disabled; full fine-tuning keeps a frozen copy. The learner trains `PriorModel.trainable`;
-after each step `PriorModel.weights_updated` gives the backend the new weights and a new version (the transformers
-backend scores with that very model; the vLLM backend receives the weights and its drift is checked).
+`publish()` gives the scorers the new weights and their version (`PriorModel.weights_updated`: a transformers
+backend sharing `trainable` scores with that very model; a replica, a transformers model of its own wrapped with the
+same adapter, copies the trained parameters by name; the vLLM backend receives the weights and its drift is
+checked). The learner publishes after each step, or, `deferred`, only when its driver calls `publish()`: when it
+learns in a thread beside the collection, between two of the collection's decisions (train/background.py).
 """
 
 from __future__ import annotations
@@ -60,17 +63,26 @@ def with_lora(model: torch.nn.Module, train_config: TrainConfig) -> torch.nn.Mod
 class LMLearner:
     DRIFT_STATES = 2  # states of each batch on which a separate engine's prior is compared after the update
 
-    def __init__(self, prior: PriorModel, train_config: TrainConfig) -> None:
+    def __init__(self, prior: PriorModel, train_config: TrainConfig, deferred: bool = False) -> None:
         self.prior = prior
         self.config = train_config
+        self.deferred = deferred
         model = prior.trainable.model
         if train_config.lm_finetune == "lora":
             model = with_lora(model, train_config)
-            prior.trainable.model = model  # the transformers backend shares `trainable`: it scores with the adapter from now on
+            prior.trainable.model = model  # a transformers backend sharing `trainable` scores with the adapter from now on
             self._initial = None  # the initial model is this one with its adapter disabled
+            for scorer in prior.scorers:
+                if getattr(scorer, "replica", False):  # wrapped alike, so the trained parameters load by name
+                    scorer.lm.model = with_lora(scorer.lm.model, train_config).eval()
         else:
             self._initial = copy.deepcopy(model).requires_grad_(False)
         model.eval()  # no dropout: the prior that trains is the prior the search used
+        self.updates = prior.version  # the version of the learner's weights; the scorers hold prior.version
+        self._drift_states: list[PreparedState] = []
+        for scorer in prior.scorers:
+            if getattr(scorer, "replica", False):
+                scorer.receive_weights(model, prior.version)  # the adapter's initial weights, so that all score alike
         self.parameters = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self.parameters, lr=train_config.lm_lr)
         self.micro_batch = train_config.lm_micro_batch
@@ -110,12 +122,19 @@ class LMLearner:
         metrics["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.parameters, self.config.grad_clip))
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        drift_states = [PreparedState(r.prompt_ids, self.prior.candidate_ids(r.commands), 0) for r in records[: self.DRIFT_STATES]]
-        self.prior.weights_updated(drift_states)
+        self.updates += 1
+        self._drift_states = [PreparedState(r.prompt_ids, self.prior.candidate_ids(r.commands), 0) for r in records[: self.DRIFT_STATES]]
         metrics["micro_batch"] = float(self.micro_batch)
-        if self.prior.last_drift is not None:
-            metrics["backend_drift"] = self.prior.last_drift
+        if not self.deferred:
+            self.publish()
+            if self.prior.last_drift is not None:
+                metrics["backend_drift"] = self.prior.last_drift
         return metrics
+
+    def publish(self) -> None:
+        """The scorers take the learner's weights, if they hold older ones."""
+        if self.prior.version != self.updates:
+            self.prior.weights_updated(self._drift_states, self.updates)
 
     def _zero_grad(self) -> None:
         self.optimizer.zero_grad(set_to_none=True)
@@ -151,7 +170,7 @@ class LMLearner:
 
     def state_dict(self) -> dict:
         trainable = {name: p.detach().cpu() for name, p in self.prior.trainable.model.named_parameters() if p.requires_grad}
-        return {"weights": trainable, "optimizer": self.optimizer.state_dict(), "version": self.prior.version, "micro_batch": self.micro_batch}
+        return {"weights": trainable, "optimizer": self.optimizer.state_dict(), "version": self.updates, "micro_batch": self.micro_batch}
 
     def load_state_dict(self, state: dict) -> None:
         named = dict(self.prior.trainable.model.named_parameters())
@@ -163,6 +182,6 @@ class LMLearner:
             for name, value in state["weights"].items():
                 named[name].copy_(value)
         self.optimizer.load_state_dict(state["optimizer"])
-        self.prior.version = state["version"]
+        self.updates = self.prior.version = state["version"]
         self.prior.send_weights()
         self.micro_batch = state["micro_batch"]

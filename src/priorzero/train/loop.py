@@ -6,8 +6,8 @@
     2. store     each finished episode's records (with n-step targets) go into the replay buffer as segments
     3. learn     after every step, the updates the replay ratio owes: train.wm_updates_per_step world-model and
                  train.lm_updates_per_step language-model updates per environment step collected; with
-                 train.max_policy_lag > 0 a background thread makes them meanwhile (background.py): the world
-                 model's on one machine, both models' with run.cluster
+                 train.max_policy_lag > 0 a background thread makes both models' meanwhile (background.py),
+                 and the collection acts with copies that take the new weights between two decisions
     4. log       metrics to TensorBoard and metrics.jsonl, a line to the log, the progress bar
     5. save      an atomic checkpoint every train.checkpoint_every iterations, with the episodes still running
 
@@ -43,6 +43,7 @@ import torch
 from priorzero.config import Config, config_to_yaml
 from priorzero.errors import UserError
 from priorzero.fileio import write_json_atomic
+from priorzero.llm.startup import learns_beside_collection
 from priorzero.train.agents import Decision, LLMAgent, PriorModel, RandomAgent, SearchAgent
 from priorzero.train.background import BackgroundLearner
 from priorzero.train.buffer import ReplayBuffer, record_count
@@ -139,14 +140,17 @@ class Trainer:
         self.encoder = TextEncoder(self.device)
         shape = WorldModelShape.from_config(config.model, self.encoder.dim)
         self.world_model = WorldModel(shape).to(self.device).eval()  # what the learner trains
-        # what the collection searches with: the same model, or a copy taking the learner's weights between steps
-        # the learners the background thread runs (background.py): none at lag 0; on one machine the world model's, and
-        # the games search with a copy of it; with run.cluster both (the actors have copies of their own)
+        # the learners the background thread runs (background.py): none at lag 0, else both. On one machine the games
+        # search with a copy of the world model and score with copies of the language model (start-up made them:
+        # learns_beside_collection), which take the learners' weights when they publish, between two decisions; with
+        # run.cluster the actors have copies of their own and the driver's scorer shares the trained model.
         lag, cluster = config.train.max_policy_lag > 0, config.run.cluster is not None
-        self.background_learners = ("wm", "lm") if lag and cluster else ("wm",) if lag else ()
+        self.background_learners = ("wm", "lm") if lag else ()
         self.acting_world_model = copy.deepcopy(self.world_model) if lag and not cluster else self.world_model
         self.wm_learner = WMLearner(self.world_model, self.encoder, config.train, config.model)
-        self.lm_learner = LMLearner(self.prior, config.train) if config.train.lm_finetune != "off" else None
+        self.lm_learner = None
+        if config.train.lm_finetune != "off":
+            self.lm_learner = LMLearner(self.prior, config.train, deferred=learns_beside_collection(config))
         self.buffer = ReplayBuffer(config.train.buffer_steps, config.train.segment_length)
         self.sampler = np.random.default_rng(config.run.seed)  # which replay steps the learners see
         self.counters = Counters()
@@ -264,9 +268,8 @@ class Trainer:
 
     def _learn_in_background(self, learners: list[tuple[str, Any, float]], should_stop, metrics: dict[str, list[float]], finish: bool) -> None:
         if self.background is None:
-            on_publish = None if self.acting_world_model is self.world_model else lambda: self.acting_world_model.load_state_dict(self.world_model.state_dict())
             done = {prefix: getattr(self.counters, f"{prefix}_updates") for prefix, _, _ in learners}
-            self.background = BackgroundLearner({p: lr for p, lr, _ in learners}, done, self.buffer, self.buffer_lock, self.sampler, on_publish)
+            self.background = BackgroundLearner({p: lr for p, lr, _ in learners}, done, self.buffer, self.buffer_lock, self.sampler, self._publish)
         owed = {prefix: owed_updates(ratio, self.counters.env_steps) for prefix, _, ratio in learners}
         self.background.owe(owed)
         bound = owed if finish else {prefix: n - self.config.train.max_policy_lag for prefix, n in owed.items()}
@@ -283,6 +286,13 @@ class Trainer:
                 metrics.setdefault(f"{prefix}/{key}", []).extend(values)
             metrics.setdefault(f"time/learn_{prefix}_s", []).append(seconds)
             metrics.setdefault(f"{prefix}/policy_lag", []).append(float(owed[prefix] - published[prefix]))
+
+    def _publish(self) -> None:
+        """The acting models take the learners' weights (called by the background learner between its updates)."""
+        if self.acting_world_model is not self.world_model:
+            self.acting_world_model.load_state_dict(self.world_model.state_dict())
+        if self.lm_learner is not None and self.lm_learner.deferred:
+            self.lm_learner.publish()
 
     def paused(self):
         """A block in which no background update runs (the learners' models and optimisers are whole)."""

@@ -37,22 +37,17 @@ def token_budget_for_memory(model_config, budget_bytes: int, in_use_bytes: int, 
     return max(256, fit_micro_batch(budget_bytes, in_use_bytes, per_token))
 
 
-def copy_merged_weights(source: torch.nn.Module, target: torch.nn.Module) -> None:
-    """`target` (a plain transformers model, on any device) takes `source`'s weights, with `source`'s PEFT adapter (if
-    any) merged in; tensor by tensor, so no second copy of the weights is ever held. `source` is left as it was."""
-    adapter = hasattr(source, "merge_adapter")
-    if adapter:
-        source.merge_adapter()
-    try:
-        base = source.get_base_model() if adapter else source
-        into = target.state_dict()
-        with torch.no_grad():
-            for name, tensor in base.state_dict().items():
-                if "lora_" not in name:
-                    into[name.replace(".base_layer.", ".")].copy_(tensor)
-    finally:
-        if adapter:
-            source.unmerge_adapter()
+def copy_trained_weights(source: torch.nn.Module, target: torch.nn.Module) -> None:
+    """`target` takes every parameter of `source` that trains (a LoRA adapter's, or all of a fully fine-tuned model's),
+    by name: `target` is wrapped as `source` is (LMLearner wraps the replicas with the learner's adapter), so it then
+    computes exactly what `source` computes. Nothing is merged, so `source` is never touched."""
+    into = dict(target.named_parameters())
+    with torch.no_grad():
+        for name, parameter in source.named_parameters():
+            if parameter.requires_grad:
+                if name not in into:
+                    raise ValueError(f"the replica has no parameter {name}: it must be wrapped as the trained model is")
+                into[name].copy_(parameter)
 
 
 class HFPrior:
@@ -66,13 +61,15 @@ class HFPrior:
         self.token_budget = token_budget or llm_config.score_token_budget
         self.stats = PriorStats()
         self.version = 0
-        self.replica = replica  # a scorer of its own beside the one the learner trains (another GPU of a multi-GPU run)
+        # a model of its own beside the one the learner trains (another GPU's scorer, or the acting copy when the
+        # language model learns beside collection)
+        self.replica = replica
 
     def receive_weights(self, model: torch.nn.Module, version: int) -> None:
         """The learner updated `self.lm.model` in place (or wrapped it, e.g. with LoRA): score with that from now on.
-        A replica copies the trained weights into its own model instead, with a LoRA adapter merged in."""
+        A replica copies the trained weights into its own model instead (`copy_trained_weights`)."""
         if self.replica:
-            copy_merged_weights(model, self.lm.model)
+            copy_trained_weights(model, self.lm.model)
         else:
             self.lm.model = model
         self.version = version
