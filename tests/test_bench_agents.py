@@ -67,6 +67,7 @@ def test_default_suite_is_the_textworld_suite_and_the_jericho_games_with_valid_c
         (["--games-file", "{missing}"], "--games-file"),
         (["--games", GAME, "--seeds", "0,x"], "--seeds expects"),
         (["--games", GAME, "--env-steps", "2", "--eval-points", "3"], "below --eval-points"),
+        (["--games", GAME, "--env-steps", "20", "--minutes", "1"], "--env-steps or --minutes, not both"),
     ],
 )
 def test_bad_input_is_one_line(tmp_path, args, expected):
@@ -74,6 +75,20 @@ def test_bad_input_is_one_line(tmp_path, args, expected):
     result = subprocess.run(cli("bench", "agents", "--out", str(tmp_path / "out"), *args), capture_output=True, text=True, timeout=120)
     assert result.returncode == 2, result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and expected in result.stderr, result.stderr
+
+
+def test_a_point_file_from_before_a_new_config_key_still_matches_and_a_changed_key_is_named():
+    from priorzero.bench.agents import comparable, config_differences
+
+    current = comparable(build_game_config("quick", extra={"env": {"env_id": GAME}}))
+    older = json.loads(json.dumps(current))
+    del older["train"]["deterministic"]  # a key added after the file was written, left at its default
+    assert config_differences(older, current) == []
+    changed = json.loads(json.dumps(current))
+    changed["search"]["num_simulations"] += 1
+    assert config_differences(changed, current) == ["search.num_simulations"]
+    deterministic = comparable(build_game_config("quick", overrides=["train.deterministic=true"], extra={"env": {"env_id": GAME}}))
+    assert config_differences(older, deterministic) == ["train.deterministic"]  # not its default: the file's run differed
 
 
 # ---- the command, end to end ----
@@ -138,3 +153,24 @@ def test_killed_suite_resumes_without_redoing_finished_points(tmp_path):
     assert "| 0 | 0 |" in table
     png = out / f"curves-{GAME}.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+
+
+@pytest.mark.slow
+def test_a_budget_in_minutes_trains_each_point_for_its_share_of_the_time(tmp_path):
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(TINY))
+    out = tmp_path / "bench"
+    result = subprocess.run(
+        cli("bench", "agents", "--games", GAME, "--seeds", "0", "--minutes", "0.02", "--eval-points", "1", "--eval-episodes", "1",
+            "--preset", "quick", "--config", str(config), "--out", str(out), "--json"),
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = json.loads(result.stdout.strip().splitlines()[-1])
+    assert results["complete"] and results["settings"]["budget"] == "0.02 minutes of training" and results["settings"]["targets"] == [0, 0.02]
+    done = json.loads((out / "points" / GAME / "seed-0" / "point-1.json").read_text())
+    assert done["target_minutes"] == 0.02 and "target_env_steps" not in done
+    summary = json.loads((out / "runs" / GAME / "seed-0" / "summary.json").read_text())
+    assert summary["counters"]["train_seconds"] >= 1.2  # ended by its time, not by the quick preset's 480 steps
+    assert done["env_steps"] == summary["counters"]["env_steps"] > 0
+    assert "| 1 |" in (out / "results.md").read_text()

@@ -65,6 +65,10 @@ def checkpoint(run: Path) -> dict:
     return torch.load(run / "checkpoints" / "latest.pt", weights_only=True)
 
 
+# The reference run and the one killed and resumed: sequential, seeded, PyTorch's deterministic kernels.
+DETERMINISTIC = ("--set", "train.deterministic=true")
+
+
 def replay(state: dict) -> list[tuple]:
     """Every step record of a checkpoint: the replay buffer's, then the running episodes'."""
     records = records_from_state(state["buffer"]["records"])
@@ -75,7 +79,7 @@ def replay(state: dict) -> list[tuple]:
 @pytest.fixture(scope="module")
 def reference_run(tmp_path_factory, tiny_config) -> Path:
     run = tmp_path_factory.mktemp("runs") / "reference"
-    result = priorzero("train", "--preset", "quick", "--config", str(tiny_config), "--max-iter", "2", "--run-dir", str(run))
+    result = priorzero("train", "--preset", "quick", "--config", str(tiny_config), *DETERMINISTIC, "--max-iter", "2", "--run-dir", str(run))
     assert result.returncode == 0, result.stderr[-3000:]
     return run
 
@@ -107,7 +111,7 @@ def test_quick_path_writes_a_complete_run_directory(reference_run):
 
 def test_kill_during_checkpoint_write_keeps_the_previous_one_and_resume_matches_the_reference(tmp_path, tiny_config, reference_run):
     run = tmp_path / "killed"
-    args = ("train", "--preset", "quick", "--config", str(tiny_config), "--max-iter", "2", "--run-dir", str(run))
+    args = ("train", "--preset", "quick", "--config", str(tiny_config), *DETERMINISTIC, "--max-iter", "2", "--run-dir", str(run))
     process = start(*args, env={"PRIORZERO_TEST_CHECKPOINT_WRITE_DELAY_S": "5"})
     latest = run / "checkpoints" / "latest.pt"
     try:
@@ -179,6 +183,7 @@ def test_eval_scores_a_run_and_prints_json(reference_run):
         (["train", "--preset", "nope"], "unknown preset 'nope'"),
         (["train", "--resume", "--run-dir", "{missing}"], "cannot resume"),
         (["eval", "{missing}"], "no checkpoint at"),
+        (["train", "--preset", "quick", "--set", "train.deterministic=true", "--set", "train.max_policy_lag=2"], "train.deterministic=true needs every update between steps"),
     ],
 )
 def test_bad_input_is_one_line(tmp_path, args, expected):

@@ -133,10 +133,10 @@ def test_metrics_rows_after_the_resumed_checkpoint_are_dropped_and_curves_render
 
 
 def test_run_limits_on_iterations_steps_and_training_time():
-    from priorzero.train.loop import Counters, _limits_reached
+    from priorzero.train.loop import Counters, limits_reached
 
     def reached(counters, **limits):
-        return _limits_reached(build_config(overrides=[f"train.{k}={v}" for k, v in limits.items()]), counters)
+        return limits_reached(build_config(overrides=[f"train.{k}={v}" for k, v in limits.items()]), counters)
 
     counters = Counters(iteration=3, env_steps=300, train_seconds=90.0)
     assert not reached(counters)

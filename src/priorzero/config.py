@@ -196,6 +196,10 @@ class TrainConfig(_Section):
         0, ge=0, le=1_000_000,
         description="The most updates the weights a step is played with may trail. One machine: 0 runs the updates between steps on the collecting thread (sequential and reproducible); N > 0 runs both models' updates in a background thread (the collection acts with copies of the world model and the language model that take the new weights between decisions), and a step waits while its weights trail what the replay ratios owe by more than N. With run.cluster: N > 0 runs both models' updates in that thread while the collectors play (0: between their steps), and a collector's step waits while its weights trail the learner's latest published ones by more than N updates (of either model).",
     )
+    deterministic: bool = Field(
+        False,
+        description="Sequential and seeded: every update between steps on the collecting thread and PyTorch's deterministic algorithms, so two runs of one config and seed on one machine give the same records and metrics, and a resumed run goes on as if never stopped. Needs train.max_policy_lag=0 and no run.cluster (their learners and collectors run on their own timing).",
+    )
     collect_groups: int = Field(2, ge=1, le=64, description="Pipeline: game slots split into this many groups; while one group's games step and list their valid commands, the models decide for the next (1: no overlap).")
     buffer_steps: int = Field(50_000, ge=1, le=100_000_000, description="Replay buffer capacity in environment steps (oldest segments go first).")
     segment_length: int = Field(10, ge=1, le=10_000, description="Steps per replay segment (episodes are cut into segments).")
@@ -253,6 +257,13 @@ class Config(_Section):
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
     gpu: GPUConfig = GPUConfig()
+
+    @model_validator(mode="after")
+    def _deterministic_is_sequential(self) -> "Config":
+        if self.train.deterministic and (self.train.max_policy_lag > 0 or self.run.cluster is not None):
+            why = f"train.max_policy_lag={self.train.max_policy_lag}" if self.train.max_policy_lag > 0 else "run.cluster"
+            raise ValueError(f"train.deterministic=true needs every update between steps, but {why} learns or collects on its own timing; set train.max_policy_lag=0 and leave out --cluster, or drop train.deterministic")
+        return self
 
     @model_validator(mode="after")
     def _scorers_are_local(self) -> "Config":

@@ -1,13 +1,15 @@
-"""`priorzero bench agents`: train on each (game, seed) for a budget of environment steps and score the agents
-`random`, `llm`, `wm` and `priorzero` at evenly spaced points along the way.
+"""`priorzero bench agents`: train on each (game, seed) for a budget and score the agents `random`, `llm`, `wm` and
+`priorzero` at evenly spaced points along the way.
 
-For each (game, seed), point 0 scores the untrained models (the run's initial weights: the language model as
-loaded, the world model as its seed initialises it), the baseline every later point is read against; point k of
-P is at ceil(k * budget / P) environment steps: the run trains until it reaches that many (`run_training` with
-`train.max_env_steps`; from point 2 on it resumes its own checkpoint), then all four agents play
-`--eval-episodes` episodes each from that checkpoint (`evaluate_checkpoint`; evaluation seeds are apart from
-training's, see train/evaluator.py), under the game's evaluation step limit (envs/game_settings.py, or
-`--eval-steps`). `--max-env-steps` is a cap, so the steps reached are the target; they are what is reported.
+The budget is `--env-steps N` environment steps or `--minutes M` of training time (collection and learning, not
+start-up or checkpoints; the steps each run reached are what is reported). For each (game, seed), point 0 scores
+the untrained models (the run's initial weights: the language model as loaded, the world model as its seed
+initialises it), the baseline every later point is read against; point k of P is at k/P of the budget (ceil for
+steps): the run trains until it reaches that (`run_training` with `train.max_env_steps` or `train.max_minutes`;
+from point 2 on it resumes its own checkpoint), then all four agents play `--eval-episodes` episodes each from that
+checkpoint (`evaluate_checkpoint`; evaluation seeds are apart from training's, see train/evaluator.py), under the
+game's evaluation step limit (envs/game_settings.py, or `--eval-steps`). A step budget is exact (`--max-env-steps`
+is a cap).
 
     <out>/
       bench.log                        everything logged, training included
@@ -17,7 +19,8 @@ training's, see train/evaluator.py), under the game's evaluation step limit (env
       curves-<game>.png                score against environment steps, one line per agent, spread shaded
 
 A rerun with the same --out skips every point that has its file and resumes a half-trained run from its last
-checkpoint; it must resolve to the same config (a point file that differs says so and stops).
+checkpoint; it must resolve to the same config (a point file that differs says so, naming the keys, and stops; a
+key the file lacks, added to PriorZero since, counts as its default).
 """
 
 from __future__ import annotations
@@ -30,7 +33,8 @@ import shutil
 import statistics
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Annotated, Any, Callable, Literal
 
 import typer
 
@@ -99,9 +103,32 @@ def default_games(env: EnvConfig) -> list[str]:
     return games
 
 
-def point_targets(env_steps: int, points: int) -> list[int]:
-    """Environment steps of each point: 0 (untrained), then `points` evenly spaced up to the budget."""
-    return [math.ceil(env_steps * k / points) for k in range(points + 1)]
+@dataclass(frozen=True)
+class Budget:
+    """Each run's budget: `total` environment steps, or `total` minutes of training time (collection and learning,
+    not start-up or checkpoints: `train.max_minutes`), with `points` evaluations evenly spaced along it after the
+    untrained point 0."""
+
+    unit: Literal["env_steps", "minutes"]
+    total: float
+    points: int
+
+    @property
+    def targets(self) -> list[float]:
+        if self.unit == "env_steps":
+            return [math.ceil(self.total * k / self.points) for k in range(self.points + 1)]
+        return [round(self.total * k / self.points, 6) for k in range(self.points + 1)]
+
+    @property
+    def config_key(self) -> str:
+        return "max_env_steps" if self.unit == "env_steps" else "max_minutes"
+
+    @property
+    def identity_key(self) -> str:
+        return f"target_{self.unit}"
+
+    def describe(self) -> str:
+        return f"{self.total:,.0f} environment steps" if self.unit == "env_steps" else f"{self.total:g} minutes of training"
 
 
 def game_slug(env_id: str) -> str:
@@ -109,12 +136,25 @@ def game_slug(env_id: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", Path(env_id).name)
 
 
-def comparable(config: Config) -> dict[str, Any]:
+def comparable(config: Config, budget_key: str = "max_env_steps") -> dict[str, Any]:
     """The config as JSON, without what differs between points of one run (its length, its directory)."""
     data = json.loads(config.model_dump_json())
-    data["train"].pop("max_env_steps", None)
+    data["train"].pop(budget_key, None)
     data["run"].pop("run_dir", None)
     return data
+
+
+def config_differences(stored: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """The `section.key`s whose values differ between a point file's config and this run's (`comparable` forms). A key
+    the file lacks (added to PriorZero after it was written) counts as its default, which keeps the old behaviour."""
+    defaults = json.loads(Config().model_dump_json())
+    differing = []
+    for section, values in current.items():
+        for key, value in values.items():
+            before = stored.get(section, {}).get(key, defaults.get(section, {}).get(key))
+            if before != value:
+                differing.append(f"{section}.{key}")
+    return differing
 
 
 # ---- one (game, seed) ----
@@ -128,37 +168,42 @@ class Stopped(Exception):
         self.code = code
 
 
-def reached_env_steps(run_dir: Path) -> int | None:
-    """Environment steps of the run's last finished segment (its summary.json), None if there is none."""
+def finished_segment(run_dir: Path) -> dict[str, Any] | None:
+    """The counters of the run's last finished segment (its summary.json), None if there is none."""
     path = run_dir / "summary.json"
     if not path.is_file():
         return None
     summary = json.loads(path.read_text())
     if summary.get("interrupted"):
         return None
-    return int(summary["counters"]["env_steps"])
+    return summary["counters"]
 
 
 def train_to(config: Config, run_dir: Path) -> int:
-    """Train (or resume) the run until it reaches config.train.max_env_steps; the steps it reached."""
-    from priorzero.train.loop import run_training
+    """Train (or resume) the run until it reaches its budget (config.train.max_env_steps, or max_minutes of training
+    time); the environment steps it reached."""
+    from priorzero.train.loop import Counters, limits_reached, run_training
 
-    target = config.train.max_env_steps
-    assert target is not None
-    reached = reached_env_steps(run_dir)
-    if reached is not None and reached >= target:
-        return reached
+    def reached() -> int | None:
+        counters = finished_segment(run_dir)
+        if counters is None or not limits_reached(config, Counters(**counters)):
+            return None
+        return int(counters["env_steps"])
+
+    if (steps := reached()) is not None:
+        return steps
     resume = (run_dir / "checkpoints" / "latest.pt").is_file()
     if not resume and run_dir.exists():  # killed before its first checkpoint: nothing worth keeping
         shutil.rmtree(run_dir)
-    log.info("%s: training to %d environment steps (%s)", run_dir, target, "resuming" if resume else "new run")
+    train = config.train
+    goal = f"{train.max_env_steps} environment steps" if train.max_env_steps is not None else f"{train.max_minutes:g} minutes of training"
+    log.info("%s: training to %s (%s)", run_dir, goal, "resuming" if resume else "new run")
     code = run_training(config, run_dir=run_dir, resume=resume)
     if code != 0:
         raise Stopped(code)
-    reached = reached_env_steps(run_dir)
-    if reached is None:
-        raise UserError(f"{run_dir}: training ended without a summary.json holding counters.env_steps")
-    return reached
+    if (steps := reached()) is None:
+        raise UserError(f"{run_dir}: training ended short of its budget ({goal}); see its train.log")
+    return steps
 
 
 def agent_record(score: AgentScore) -> dict[str, Any]:
@@ -180,7 +225,7 @@ def agent_record(score: AgentScore) -> dict[str, Any]:
 
 
 def run_game_seed(
-    game: str, seed: int, targets: list[int], out: Path, build: Callable[[str, int, int], Config], eval_episodes: int,
+    game: str, seed: int, budget: Budget, out: Path, build: Callable[[str, int, float], Config], eval_episodes: int,
     eval_steps: int | None, on_point: Callable[[], None],
 ) -> None:
     """Every point of one (game, seed) that has no file yet: train to its target, evaluate, write the file."""
@@ -189,15 +234,17 @@ def run_game_seed(
     from priorzero.train.evaluate_checkpoint import evaluate_checkpoint, evaluate_untrained
 
     run_dir = out / "runs" / game_slug(game) / f"seed-{seed}"
+    targets = budget.targets
     last = len(targets) - 1
     for k, target in enumerate(targets):
         point_path = out / "points" / game_slug(game) / f"seed-{seed}" / f"point-{k}.json"
         config = build(game, seed, target or targets[1])  # point 0 reads the run's config; its steps are 0
         limit = eval_steps or game_settings(game).eval_max_episode_steps or config.env.max_episode_steps
-        identity = {"config": comparable(config), "eval_episodes": eval_episodes, "eval_max_episode_steps": limit, "target_env_steps": target}
+        identity = {"config": comparable(config, budget.config_key), "eval_episodes": eval_episodes, "eval_max_episode_steps": limit, budget.identity_key: target}
         if point_path.is_file():
             done = json.loads(point_path.read_text())
-            differing = sorted(key for key in identity if done.get(key) != identity[key])
+            differing = sorted(key for key in identity if key != "config" and done.get(key) != identity[key])
+            differing += config_differences(done.get("config", {}), identity["config"])
             if differing:
                 raise UserError(f"{point_path} was made with other settings ({', '.join(differing)}); use a new --out or the same options")
             log.info("%s seed %d point %d/%d: done before (%d environment steps), skipped", game, seed, k, last, done["env_steps"])
@@ -235,13 +282,13 @@ def _spread(values: list[float]) -> dict[str, float]:
     }
 
 
-def aggregate(out: Path, games: list[str], seeds: list[int], targets: list[int], settings: dict[str, Any]) -> dict[str, Any]:
+def aggregate(out: Path, games: list[str], seeds: list[int], budget: Budget, settings: dict[str, Any]) -> dict[str, Any]:
     """results.json's object, from the point files on disk (whatever is done so far)."""
     per_game: dict[str, Any] = {}
     complete = True
     for game in games:
         points = []
-        for k, target in enumerate(targets):
+        for k, target in enumerate(budget.targets):
             files = [out / "points" / game_slug(game) / f"seed-{seed}" / f"point-{k}.json" for seed in seeds]
             done = [json.loads(path.read_text()) for path in files if path.is_file()]
             complete &= len(done) == len(seeds)
@@ -260,7 +307,7 @@ def aggregate(out: Path, games: list[str], seeds: list[int], targets: list[int],
                 }
             max_scores = {point["agents"][name]["max_score"] for point in done for name in AGENTS} - {None}
             points.append({
-                "point": k, "target_env_steps": target, "seeds": [point["seed"] for point in done],
+                "point": k, budget.identity_key: target, "seeds": [point["seed"] for point in done],
                 "env_steps": _spread([float(point["env_steps"]) for point in done]),
                 "max_score": max(max_scores) if max_scores else None,
                 "max_episode_steps": done[0]["max_episode_steps"], "eval_max_episode_steps": done[0]["eval_max_episode_steps"],
@@ -284,7 +331,7 @@ def render_markdown(results: dict[str, Any]) -> str:
     lines = [
         "# priorzero bench agents",
         "",
-        f"Budget {settings['env_steps']:,} environment steps per run, {settings['eval_points']} evaluation points, "
+        f"Budget {settings['budget']} per run, {settings['eval_points']} evaluation points after the untrained one, "
         f"seeds {', '.join(map(str, settings['seeds']))}, {settings['eval_episodes']} evaluation episodes per agent, "
         f"point and seed; preset {settings['preset'] or '(defaults)'}"
         + (f", config {settings['config']}" if settings["config"] else "")
@@ -370,10 +417,10 @@ def plot_game(game: str, data: dict[str, Any], seeds: int) -> bytes:
     return buffer.getvalue()
 
 
-def write_results(out: Path, games: list[str], seeds: list[int], targets: list[int], settings: dict[str, Any]) -> dict[str, Any]:
+def write_results(out: Path, games: list[str], seeds: list[int], budget: Budget, settings: dict[str, Any]) -> dict[str, Any]:
     from priorzero.fileio import write_bytes_atomic, write_json_atomic, write_text_atomic
 
-    results = aggregate(out, games, seeds, targets, settings)
+    results = aggregate(out, games, seeds, budget, settings)
     write_json_atomic(out / "results.json", results)
     write_text_atomic(out / "results.md", render_markdown(results))
     for game, data in results["games"].items():
@@ -390,6 +437,7 @@ def bench_agents(
     games_file: Annotated[Path | None, typer.Option("--games-file", help="File with one env id per line ('#' starts a comment).")] = None,
     seeds: Annotated[str, typer.Option("--seeds", help="Comma-separated training seeds.")] = "0,1,2",
     env_steps: Annotated[int | None, typer.Option("--env-steps", min=1, help="Budget per run in environment steps (default: the config's train.max_env_steps).")] = None,
+    minutes: Annotated[float | None, typer.Option("--minutes", min=0.01, help="Budget per run in minutes of training time instead (collection and learning; the steps reached are reported).")] = None,
     eval_points: Annotated[int, typer.Option("--eval-points", min=1, help="Evaluations along the budget, evenly spaced (5: every 20%).")] = 5,
     eval_episodes: Annotated[int, typer.Option("--eval-episodes", min=1, help="Episodes per agent at each point and seed.")] = 10,
     eval_steps: Annotated[int | None, typer.Option("--eval-steps", min=1, help="Step limit of evaluation episodes (default: the game's entry in envs/game_settings.py, else the run's).")] = None,
@@ -426,24 +474,30 @@ def bench_agents(
         ok, why = trainable(game, base.env)
         if not ok:
             raise UserError(f"{game} cannot be trained on: {why or 'it lists no valid commands'}")
-    budget = env_steps or base.train.max_env_steps
-    if budget is None:
-        raise UserError("no budget: pass --env-steps N (or set train.max_env_steps in the config)")
-    if budget < eval_points:
-        raise UserError(f"--env-steps {budget} is below --eval-points {eval_points}")
-    targets = point_targets(budget, eval_points)
+    if env_steps is not None and minutes is not None:
+        raise UserError("give --env-steps or --minutes, not both")
+    if minutes is not None:
+        budget = Budget("minutes", minutes, eval_points)
+    else:
+        steps = env_steps or base.train.max_env_steps
+        if steps is None:
+            raise UserError("no budget: pass --env-steps N or --minutes M (or set train.max_env_steps in the config)")
+        if steps < eval_points:
+            raise UserError(f"--env-steps {steps} is below --eval-points {eval_points}")
+        budget = Budget("env_steps", steps, eval_points)
+    targets = budget.targets
 
-    def build(game: str, seed: int, target: int) -> Config:
-        extra = {
-            "env": {**base_extra.get("env", {}), "env_id": game},
-            "run": {"seed": seed},
-            # The bench evaluates by itself; the runs' own final evaluation would only cost time.
-            "train": {"max_env_steps": target, "eval_agents": []},
-        }
+    def build(game: str, seed: int, target: float) -> Config:
+        # The bench evaluates by itself; the runs' own final evaluation would only cost time.
+        train: dict[str, Any] = {budget.config_key: target, "eval_agents": []}
+        if budget.unit == "minutes":
+            train["max_env_steps"] = None  # time alone ends the run, not the preset's step budget
+        extra = {"env": {**base_extra.get("env", {}), "env_id": game}, "run": {"seed": seed}, "train": train}
         return build_game_config(preset, config, set_ or [], extra)
 
     settings = {
-        "games": game_list, "seeds": seed_list, "env_steps": budget, "eval_points": eval_points, "targets": targets,
+        "games": game_list, "seeds": seed_list, "budget": budget.describe(), budget.unit: budget.total,
+        "eval_points": eval_points, "targets": targets,
         "eval_episodes": eval_episodes, "eval_steps": eval_steps, "preset": preset, "config": str(config) if config else None,
         "overrides": list(set_ or []), "agents": list(AGENTS),
     }
@@ -454,18 +508,18 @@ def bench_agents(
     root.addHandler(handler)
     root.setLevel(min(root.level or logging.INFO, logging.INFO))
     try:
-        log.info("bench agents: %d games x %d seeds, points at %s environment steps, out %s",
-                 len(game_list), len(seed_list), ", ".join(map(str, targets)), out)
-        write_results(out, game_list, seed_list, targets, settings)
+        log.info("bench agents: %d games x %d seeds, points at %s %s, out %s",
+                 len(game_list), len(seed_list), ", ".join(f"{t:g}" for t in targets), budget.unit.replace("_", " "), out)
+        write_results(out, game_list, seed_list, budget, settings)
         for game in game_list:
             for seed in seed_list:
-                run_game_seed(game, seed, targets, out, build, eval_episodes, eval_steps,
-                              on_point=lambda: write_results(out, game_list, seed_list, targets, settings))
-        results = write_results(out, game_list, seed_list, targets, settings)
+                run_game_seed(game, seed, budget, out, build, eval_episodes, eval_steps,
+                              on_point=lambda: write_results(out, game_list, seed_list, budget, settings))
+        results = write_results(out, game_list, seed_list, budget, settings)
         log.info("done: %s, %s", out / "results.json", out / "results.md")
     except Stopped as stopped:
         log.warning("stopped (training exited %d); run the same command again to resume", stopped.code)
-        write_results(out, game_list, seed_list, targets, settings)
+        write_results(out, game_list, seed_list, budget, settings)
         return stopped.code
     finally:
         root.removeHandler(handler)

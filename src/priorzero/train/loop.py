@@ -28,6 +28,7 @@ import copy
 import logging
 import logging.handlers
 import math
+import os
 import signal
 import statistics
 import threading
@@ -134,6 +135,8 @@ class Trainer:
         self.config = config
         logging.getLogger("sentence_transformers").setLevel(logging.WARNING)  # its per-call progress bars
         seed_everything(config.run.seed)
+        if config.train.deterministic:
+            use_deterministic_algorithms()
         self.startup = start_prior(config)  # placement, budgets, the retrying start: the report goes to startup.json
         self.prior: PriorModel = self.startup.prior
         self.device = self.startup.train_device
@@ -354,6 +357,12 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def use_deterministic_algorithms() -> None:
+    """PyTorch's deterministic kernels from here on (cuBLAS needs its workspace setting before its first call)."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True)
+
+
 def check_checkpoint_config(state: dict[str, Any], config: Config, source: Path) -> None:
     """The checkpoint must come from a run with this config (run length limits aside)."""
     from priorzero.train.rundir import config_differences
@@ -498,7 +507,7 @@ def _finished(config: Config, state: dict[str, Any], path: Path) -> bool:
     """The checkpoint is at the run's limits and summary.json holds its final evaluation."""
     import json
 
-    if not _limits_reached(config, Counters(**state["counters"])):
+    if not limits_reached(config, Counters(**state["counters"])):
         return False
     try:
         summary = json.loads((path / "summary.json").read_text())
@@ -507,7 +516,7 @@ def _finished(config: Config, state: dict[str, Any], path: Path) -> bool:
     return isinstance(summary, dict) and "evaluation" in summary and summary.get("counters", {}).get("env_steps") == state["counters"]["env_steps"]
 
 
-def _limits_reached(config: Config, counters: Counters) -> bool:
+def limits_reached(config: Config, counters: Counters) -> bool:
     limits = config.train
     return (
         (limits.max_iter is not None and counters.iteration >= limits.max_iter)
@@ -525,12 +534,12 @@ def train_until_done(trainer: Trainer, run: RunDir, stop: StopFlag) -> None:
     if trainer.counters.iteration == 0:
         run.log_metrics(trainer.counters.env_steps, trainer.walkthrough_metrics())  # the untrained prior's quality
     with TrainingProgress(total, trainer.counters) as progress:
-        while not _limits_reached(config, trainer.counters) and not stop():
+        while not limits_reached(config, trainer.counters) and not stop():
             metrics = iteration(trainer, stop, progress)
             run.log_metrics(trainer.counters.env_steps, metrics)
             progress.iteration_done(metrics)
             log.info(_iteration_line(trainer.counters, metrics))
-            if stop() or _limits_reached(config, trainer.counters) or trainer.counters.iteration % config.train.checkpoint_every == 0:
+            if stop() or limits_reached(config, trainer.counters) or trainer.counters.iteration % config.train.checkpoint_every == 0:
                 with stop.deferred():
                     save_checkpoint(run.checkpoint_dir / CHECKPOINT_NAME, trainer.state_dict())
 
@@ -584,7 +593,7 @@ def iteration(trainer: Trainer, stop: StopFlag, progress) -> dict[str, float]:
     counters.iteration += 1
     counters.scorer_failures += trainer.prior.failures - failures_before
     counters.train_seconds = seconds_before + time.perf_counter() - start
-    if not stop() and _limits_reached(config, counters):
+    if not stop() and limits_reached(config, counters):
         trainer.learn(stop, learn_metrics, finish=True)  # the run ends with every update it owes (background ones too)
     elapsed = time.perf_counter() - start
     counters.train_seconds = seconds_before + elapsed
