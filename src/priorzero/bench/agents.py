@@ -32,8 +32,8 @@ import re
 import shutil
 import statistics
 import time
-from pathlib import Path
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Callable, Literal
 
 import typer
