@@ -6,6 +6,9 @@
 #   bash scripts/gpu-measure.sh throughput   # bench envs ceilings; bench train lockstep vs pipeline (issue 15)
 #   LABEL=x GAME=detective.z5 NUM_ENVS=256 STEPS=4000 EXTRA='--set ...' bash scripts/gpu-measure.sh train   # one train run, GPU sampled
 #   GAME=detective.z5 NUM_ENVS=64 bash scripts/gpu-measure.sh profile   # train under cProfile, GPU utilisation sampled
+#   GAMES=detective.z5,balances.z5 SEEDS=0,1,2 MINUTES=4 bash scripts/gpu-measure.sh agents
+#       # bench agents on the full preset, each seed in a process of its own (side by side), then the table for all;
+#       # points, results and the runs' logs in $OUT/agents.tgz (a rerun on the same warm machine resumes)
 #   VARIANTS='old|.devcarry/old/src|;new||;bigwm||--set train.wm_batch_size=256' GAME=... bash scripts/gpu-measure.sh compare
 #       # `train` runs one after the other (label|source tree to run instead of src/, if any|extra options), each
 #       # from an empty Jericho listing cache; their logs, metrics and GPU samples in $OUT/compare.tgz
@@ -52,6 +55,19 @@ train)
   grep -h "steps/s" "$out/train-$label.log" | tail -3
   python3 scripts/gpu_summary.py "$label" "$out/metrics-$label.jsonl" "$out/util-$label.txt" "$out/train-$label.log" | tee -a "$out/summary.txt"
   ;;
+agents)
+  IFS=',' read -ra seeds <<<"${SEEDS:-0,1,2}"
+  args=(bench agents --games "${GAMES:?}" --minutes "${MINUTES:-4}" --eval-points "${POINTS:-2}" --eval-episodes "${EPISODES:-5}"
+        --preset full --set env.num_envs="${NUM_ENVS:-96}" --out /tmp/pz-agents ${EXTRA:-})
+  for seed in "${seeds[@]}"; do
+    timeout -s INT "${AGENTS_S:-540}" python3 -c 'from priorzero.cli import main; raise SystemExit(main())' "${args[@]}" --seeds "$seed" \
+      >"/tmp/pz-agents-$seed.log" 2>&1 &
+  done
+  wait
+  python3 -c 'from priorzero.cli import main; raise SystemExit(main())' "${args[@]}" --seeds "${SEEDS:-0,1,2}" --report-only >/tmp/pz-agents-all.log 2>&1
+  grep -h "bench.agents" /tmp/pz-agents-*.log | grep "steps:\|stopped"
+  (cd /tmp/pz-agents && tar -czf "$out/agents.tgz" points results.json results.md bench.log curves-*.png runs/*/seed-*/metrics.jsonl runs/*/seed-*/train.log)
+  ;;
 compare)
   IFS=';' read -ra variants <<<"${VARIANTS:?}"
   for variant in "${variants[@]}"; do
@@ -75,5 +91,5 @@ profile)
     "$out/train.prof" >"$out/profile.txt" 2>&1
   ;;
 *)
-  echo "usage: $0 stress|throughput|train|compare|profile" >&2; exit 2 ;;
+  echo "usage: $0 stress|throughput|train|agents|compare|profile" >&2; exit 2 ;;
 esac

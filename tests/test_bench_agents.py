@@ -154,6 +154,14 @@ def test_killed_suite_resumes_without_redoing_finished_points(tmp_path):
     png = out / f"curves-{GAME}.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
 
+    # --report-only gathers what is on disk (here seed 0 of seeds 0 and 1) and trains nothing
+    seeds = [a if a != "0" else "0,1" for a in args[:-1]] + ["--report-only", "--json"]
+    report = subprocess.run(seeds, capture_output=True, text=True, timeout=300)
+    assert report.returncode == 0, report.stderr[-3000:]
+    gathered = json.loads(report.stdout.strip().splitlines()[-1])
+    assert gathered["complete"] is False and gathered["games"][GAME]["final"]["seeds"] == [0]
+    assert not (out / "runs" / GAME / "seed-1").exists()
+
 
 @pytest.mark.slow
 def test_a_budget_in_minutes_trains_each_point_for_its_share_of_the_time(tmp_path):

@@ -446,6 +446,7 @@ def bench_agents(
     preset: PresetOpt = None,
     config: ConfigFileOpt = None,
     set_: SetOpt = None,
+    report_only: Annotated[bool, typer.Option("--report-only", help="Write the table from the points already in --out, training and evaluating nothing (seeds run apart, then gathered).")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the results object as one JSON line, last.")] = False,
     verbose: VerboseOpt = False,
 ) -> int:
@@ -511,10 +512,11 @@ def bench_agents(
         log.info("bench agents: %d games x %d seeds, points at %s %s, out %s",
                  len(game_list), len(seed_list), ", ".join(f"{t:g}" for t in targets), budget.unit.replace("_", " "), out)
         write_results(out, game_list, seed_list, budget, settings)
-        for game in game_list:
-            for seed in seed_list:
-                run_game_seed(game, seed, budget, out, build, eval_episodes, eval_steps,
-                              on_point=lambda: write_results(out, game_list, seed_list, budget, settings))
+        if not report_only:
+            for game in game_list:
+                for seed in seed_list:
+                    run_game_seed(game, seed, budget, out, build, eval_episodes, eval_steps,
+                                  on_point=lambda: write_results(out, game_list, seed_list, budget, settings))
         results = write_results(out, game_list, seed_list, budget, settings)
         log.info("done: %s, %s", out / "results.json", out / "results.md")
     except Stopped as stopped:
