@@ -145,16 +145,17 @@ def comparable(config: Config, budget_key: str = "max_env_steps") -> dict[str, A
 
 
 def config_differences(stored: dict[str, Any], current: dict[str, Any]) -> list[str]:
-    """The `section.key`s whose values differ between a point file's config and this run's (`comparable` forms). A key
-    the file lacks (added to PriorZero after it was written) counts as its default, which keeps the old behaviour."""
-    defaults = json.loads(Config().model_dump_json())
-    differing = []
-    for section, values in current.items():
-        for key, value in values.items():
-            before = stored.get(section, {}).get(key, defaults.get(section, {}).get(key))
-            if before != value:
-                differing.append(f"{section}.{key}")
-    return differing
+    """The `section.key`s in which a point file's config and this run's (`comparable` forms) differ, as a resume
+    compares them (train/rundir.py): a key the file lacks, added to PriorZero since, counts as its default."""
+    from pydantic import ValidationError
+
+    from priorzero.train.rundir import config_differences as run_differences
+
+    try:
+        before = Config.model_validate(stored)
+    except ValidationError as exc:
+        raise UserError(f"a point file's config is not one this PriorZero reads ({exc.errors()[0]['msg']}); use a new --out") from None
+    return run_differences(before, Config.model_validate(current))
 
 
 # ---- one (game, seed) ----

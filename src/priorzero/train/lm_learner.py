@@ -68,21 +68,20 @@ class LMLearner:
         self.config = train_config
         self.deferred = deferred
         model = prior.trainable.model
+        replicas = [scorer for scorer in prior.scorers if getattr(scorer, "replica", False)]
         if train_config.lm_finetune == "lora":
             model = with_lora(model, train_config)
             prior.trainable.model = model  # a transformers backend sharing `trainable` scores with the adapter from now on
             self._initial = None  # the initial model is this one with its adapter disabled
-            for scorer in prior.scorers:
-                if getattr(scorer, "replica", False):  # wrapped alike, so the trained parameters load by name
-                    scorer.lm.model = with_lora(scorer.lm.model, train_config).eval()
+            for replica in replicas:  # wrapped alike, so the trained parameters load by name
+                replica.lm.model = with_lora(replica.lm.model, train_config).eval()
         else:
             self._initial = copy.deepcopy(model).requires_grad_(False)
         model.eval()  # no dropout: the prior that trains is the prior the search used
         self.updates = prior.version  # the version of the learner's weights; the scorers hold prior.version
         self._drift_states: list[PreparedState] = []
-        for scorer in prior.scorers:
-            if getattr(scorer, "replica", False):
-                scorer.receive_weights(model, prior.version)  # the adapter's initial weights, so that all score alike
+        for replica in replicas:
+            replica.receive_weights(model, prior.version)  # the adapter's initial weights, so that all score alike
         self.parameters = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self.parameters, lr=train_config.lm_lr)
         self.micro_batch = train_config.lm_micro_batch

@@ -294,8 +294,8 @@ class Trainer:
         """The acting models take the learners' weights (called by the background learner between its updates)."""
         if self.acting_world_model is not self.world_model:
             self.acting_world_model.load_state_dict(self.world_model.state_dict())
-        if self.lm_learner is not None and self.lm_learner.deferred:
-            self.lm_learner.publish()
+        if self.lm_learner is not None:
+            self.lm_learner.publish()  # nothing to do where it publishes after each step itself
 
     def paused(self):
         """A block in which no background update runs (the learners' models and optimisers are whole)."""
