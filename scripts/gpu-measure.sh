@@ -6,9 +6,10 @@
 #   bash scripts/gpu-measure.sh throughput   # bench envs ceilings; bench train lockstep vs pipeline (issue 15)
 #   LABEL=x GAME=detective.z5 NUM_ENVS=256 STEPS=4000 EXTRA='--set ...' bash scripts/gpu-measure.sh train   # one train run, GPU sampled
 #   GAME=detective.z5 NUM_ENVS=64 bash scripts/gpu-measure.sh profile   # train under cProfile, GPU utilisation sampled
-#   GAMES=detective.z5,balances.z5 SEEDS=0,1,2 MINUTES=4 bash scripts/gpu-measure.sh agents
-#       # bench agents on the full preset, each seed in a process of its own (side by side), then the table for all;
-#       # points, results and the runs' logs in $OUT/agents.tgz (a rerun on the same warm machine resumes)
+#   LABEL=agents GAMES=detective.z5,balances.z5 SEEDS=0,1,2 MINUTES=4 bash scripts/gpu-measure.sh agents
+#       # bench agents on the full preset, each (game, seed) in a process of its own (side by side), then the table
+#       # for all; points, results and the runs' logs in $OUT/$LABEL.tgz (a rerun on the same warm machine resumes);
+#       # STEPS=N: a budget of N environment steps instead of MINUTES
 #   VARIANTS='old|.devcarry/old/src|;new||;bigwm||--set train.wm_batch_size=256' GAME=... bash scripts/gpu-measure.sh compare
 #       # `train` runs one after the other (label|source tree to run instead of src/, if any|extra options), each
 #       # from an empty Jericho listing cache; their logs, metrics and GPU samples in $OUT/compare.tgz
@@ -56,17 +57,25 @@ train)
   python3 scripts/gpu_summary.py "$label" "$out/metrics-$label.jsonl" "$out/util-$label.txt" "$out/train-$label.log" | tee -a "$out/summary.txt"
   ;;
 agents)
+  # every (game, seed) in a process of its own, side by side; LABEL names the output (a rerun with it resumes)
+  label=${LABEL:-agents}
   IFS=',' read -ra seeds <<<"${SEEDS:-0,1,2}"
-  args=(bench agents --games "${GAMES:?}" --minutes "${MINUTES:-4}" --eval-points "${POINTS:-2}" --eval-episodes "${EPISODES:-5}"
-        --preset full --set env.num_envs="${NUM_ENVS:-96}" --out /tmp/pz-agents ${EXTRA:-})
-  for seed in "${seeds[@]}"; do
-    timeout -s INT "${AGENTS_S:-540}" python3 -c 'from priorzero.cli import main; raise SystemExit(main())' "${args[@]}" --seeds "$seed" \
-      >"/tmp/pz-agents-$seed.log" 2>&1 &
+  IFS=',' read -ra games <<<"${GAMES:?}"
+  budget=(--minutes "${MINUTES:-4}")
+  [ -n "${STEPS:-}" ] && budget=(--env-steps "$STEPS")  # a budget in environment steps instead
+  args=(bench agents "${budget[@]}" --eval-points "${POINTS:-2}" --eval-episodes "${EPISODES:-5}"
+        --preset full --set env.num_envs="${NUM_ENVS:-96}" --out "/tmp/pz-$label" ${EXTRA:-})
+  for game in "${games[@]}"; do
+    for seed in "${seeds[@]}"; do
+      timeout -s INT "${AGENTS_S:-540}" python3 -c 'from priorzero.cli import main; raise SystemExit(main())' "${args[@]}" \
+        --games "$game" --seeds "$seed" >"/tmp/pz-$label-$game-$seed.log" 2>&1 &
+    done
   done
   wait
-  python3 -c 'from priorzero.cli import main; raise SystemExit(main())' "${args[@]}" --seeds "${SEEDS:-0,1,2}" --report-only >/tmp/pz-agents-all.log 2>&1
-  grep -h "bench.agents" /tmp/pz-agents-*.log | grep "steps:\|stopped"
-  (cd /tmp/pz-agents && tar -czf "$out/agents.tgz" points results.json results.md bench.log curves-*.png runs/*/seed-*/metrics.jsonl runs/*/seed-*/train.log)
+  python3 -c 'from priorzero.cli import main; raise SystemExit(main())' "${args[@]}" --games "${GAMES}" --seeds "${SEEDS:-0,1,2}" \
+    --report-only >"/tmp/pz-$label-all.log" 2>&1
+  grep -h "bench.agents" /tmp/pz-"$label"-*.log | grep "steps:\|stopped"
+  (cd "/tmp/pz-$label" && tar -czf "$out/$label.tgz" points results.json results.md bench.log curves-*.png runs/*/seed-*/metrics.jsonl runs/*/seed-*/train.log)
   ;;
 compare)
   IFS=';' read -ra variants <<<"${VARIANTS:?}"

@@ -141,6 +141,11 @@ def test_killed_suite_resumes_without_redoing_finished_points(tmp_path):
             assert agent["episodes"] == 2
             assert 0.0 <= agent["score"]["mean"] <= 1.0 and agent["score"]["std"] == 0.0  # one seed
             assert 0.0 <= agent["normalised_score"]["mean"] <= 1.0
+        # the prior's quality with the point's weights: the game's walkthrough states, and priorzero's searches
+        quality = point["prior_quality"]
+        assert set(quality) == {"prior/walkthrough_mrr", "prior/walkthrough_prob", "search/lm_rr_of_search_top", "search/lm_prob_of_search_top"}
+        for prob, rr in (("prior/walkthrough_prob", "prior/walkthrough_mrr"), ("search/lm_prob_of_search_top", "search/lm_rr_of_search_top")):
+            assert 0.0 < quality[prob]["mean"] <= quality[rr]["mean"] <= 1.0  # a command at rank r has probability below 1/r
     done = json.loads((out / "points" / GAME / "seed-0" / "point-2.json").read_text())
     for record in done["agents"].values():
         assert len(record["scores"]) == 2 and all(s >= 1_000_000 for s in record["eval_seeds"])  # evaluation seeds
@@ -150,7 +155,8 @@ def test_killed_suite_resumes_without_redoing_finished_points(tmp_path):
     for name in AGENTS:
         assert f"| {GAME} | {name} |" in table
     assert "| point | env steps | random | llm | wm | priorzero |" in table and "| untrained |" in table
-    assert "| 0 | 0 |" in table
+    assert "| 0 | 0 |" in table and f"| {GAME} | 0." in table  # and the prior's quality, untrained -> last point
+    assert "walkthrough command: reciprocal rank" in table and " -> " in table
     png = out / f"curves-{GAME}.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
 

@@ -173,8 +173,11 @@ def test_eval_scores_a_run_and_prints_json(reference_run):
     result = priorzero("eval", str(reference_run), "--agent", "random", "--agent", "llm", "--episodes", "2", "--json")
     assert result.returncode == 0, result.stderr[-3000:]
     scores = json.loads(result.stdout.strip().splitlines()[-1])
-    assert set(scores) == {"random", "llm"}
+    assert set(scores) == {"random", "llm", "prior_quality"}
     assert scores["llm"]["episodes"] == 2 and len(scores["llm"]["results"]) == 2
+    quality = scores["prior_quality"]  # the default game has a walkthrough; priorzero did not play, so no search/lm_*
+    assert set(quality) == {"prior/walkthrough_mrr", "prior/walkthrough_prob", "prior/walkthrough_top1"}
+    assert 0.0 < quality["prior/walkthrough_prob"] <= quality["prior/walkthrough_mrr"] <= 1.0
 
 
 @pytest.mark.parametrize(

@@ -9,14 +9,16 @@ steps): the run trains until it reaches that (`run_training` with `train.max_env
 from point 2 on it resumes its own checkpoint), then all four agents play `--eval-episodes` episodes each from that
 checkpoint (`evaluate_checkpoint`; evaluation seeds are apart from training's, see train/evaluator.py), under the
 game's evaluation step limit (envs/game_settings.py, or `--eval-steps`). A step budget is exact (`--max-env-steps`
-is a cap).
+is a cap). Each point also records the language model's prior quality with those weights (`Evaluation.prior_quality`:
+on the game's walkthrough states, and against the priorzero agent's searches), tabled and plotted beside the scores.
 
     <out>/
       bench.log                        everything logged, training included
       runs/<game>/seed-<s>/            each run's directory (config, train.log, checkpoints, metrics)
       points/<game>/seed-<s>/point-<k>.json   one finished evaluation, written atomically
       results.json, results.md         the aggregate, rewritten after every point
-      curves-<game>.png                score against environment steps, one line per agent, spread shaded
+      curves-<game>.png                score against environment steps, one line per agent, spread shaded;
+                                       beside it the prior's quality
 
 A rerun with the same --out skips every point that has its file and resumes a half-trained run from its last
 checkpoint; it must resolve to the same config (a point file that differs says so, naming the keys, and stops; a
@@ -48,7 +50,14 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 AGENTS = ("random", "llm", "wm", "priorzero")
-RESULTS_FORMAT = 2  # 2: point 0, the untrained models
+RESULTS_FORMAT = 3  # 2: point 0, the untrained models; 3: the prior's quality at each point (absent from older points)
+# The prior's quality as tabled and plotted: (key in Evaluation.prior_quality, label).
+PRIOR_QUALITY = (
+    ("prior/walkthrough_mrr", "walkthrough command: reciprocal rank"),
+    ("prior/walkthrough_prob", "walkthrough command: probability"),
+    ("search/lm_rr_of_search_top", "search's choice: reciprocal rank"),
+    ("search/lm_prob_of_search_top", "search's choice: probability"),
+)
 
 
 # ---- what to run ----
@@ -256,13 +265,13 @@ def run_game_seed(
         log.info("%s seed %d point %d/%d: evaluating %s at %d environment steps, %d episodes of at most %d steps",
                  game, seed, k, last, ", ".join(AGENTS), reached, eval_episodes, limit)
         if target:
-            scores = evaluate_checkpoint(run_dir, list(AGENTS), eval_episodes, overrides=[f"env.max_episode_steps={limit}"])
+            evaluation = evaluate_checkpoint(run_dir, list(AGENTS), eval_episodes, overrides=[f"env.max_episode_steps={limit}"])
         else:
-            scores = evaluate_untrained(config, list(AGENTS), eval_episodes, overrides=[f"env.max_episode_steps={limit}"])
-        agents = {name: agent_record(scores[name]) for name in AGENTS}
+            evaluation = evaluate_untrained(config, list(AGENTS), eval_episodes, overrides=[f"env.max_episode_steps={limit}"])
+        agents = {name: agent_record(evaluation.scores[name]) for name in AGENTS}
         point = {
             "format": RESULTS_FORMAT, "game": game, "seed": seed, "point": k, "points": last, "env_steps": reached,
-            "max_episode_steps": config.env.max_episode_steps, "agents": agents,
+            "max_episode_steps": config.env.max_episode_steps, "agents": agents, "prior_quality": evaluation.prior_quality,
             "seconds": {"train": round(trained - started, 1), "eval": round(time.monotonic() - trained, 1)}, **identity,
         }
         write_json_atomic(point_path, point)
@@ -307,12 +316,17 @@ def aggregate(out: Path, games: list[str], seeds: list[int], budget: Budget, set
                     "episodes": len(episodes),
                 }
             max_scores = {point["agents"][name]["max_score"] for point in done for name in AGENTS} - {None}
+            quality = {}
+            for key, _ in PRIOR_QUALITY:  # over the seeds that have it (older point files have none)
+                values = [point["prior_quality"][key] for point in done if key in point.get("prior_quality", {})]
+                if values:
+                    quality[key] = _spread(values)
             points.append({
                 "point": k, budget.identity_key: target, "seeds": [point["seed"] for point in done],
                 "env_steps": _spread([float(point["env_steps"]) for point in done]),
                 "max_score": max(max_scores) if max_scores else None,
                 "max_episode_steps": done[0]["max_episode_steps"], "eval_max_episode_steps": done[0]["eval_max_episode_steps"],
-                "agents": agents,
+                "agents": agents, "prior_quality": quality,
             })
         trained = [point for point in points if point["point"] > 0]
         per_game[game] = {
@@ -325,6 +339,15 @@ def aggregate(out: Path, games: list[str], seeds: list[int], budget: Budget, set
 
 def _cell(spread: dict[str, float], digits: int) -> str:
     return f"{spread['mean']:.{digits}f} ± {spread['std']:.{digits}f}"
+
+
+def _quality(point: dict[str, Any] | None, key: str) -> str:
+    spread = (point or {}).get("prior_quality", {}).get(key)
+    return "-" if spread is None else _cell(spread, 3)
+
+
+def _change(before: dict[str, Any] | None, after: dict[str, Any], key: str) -> str:
+    return f"{_quality(before, key)} -> {_quality(after, key)}"
 
 
 def render_markdown(results: dict[str, Any]) -> str:
@@ -362,6 +385,19 @@ def render_markdown(results: dict[str, Any]) -> str:
                 f"{_cell(agent['normalised_score'], 3)} | {agent['win_rate']:.2f} | {final['env_steps']['mean']:,.0f} | "
                 f"{len(final['seeds'])} × {agent['episodes'] // max(1, len(final['seeds']))} |"
             )
+    lines += [
+        "",
+        "The language model's prior, untrained -> last point (mean ± std over seeds): the reciprocal rank and probability "
+        "it gives the walkthrough's command on the game's walkthrough states, and the search's choice in the priorzero "
+        "agent's evaluation episodes.",
+        "",
+        "| game | " + " | ".join(label for _, label in PRIOR_QUALITY) + " |",
+        "| --- | " + " | ".join("---" for _ in PRIOR_QUALITY) + " |",
+    ]
+    for game, data in results["games"].items():
+        final, untrained = data["final"], data["untrained"]
+        if final is not None:
+            lines.append(f"| {game} | " + " | ".join(_change(untrained, final, key) for key, _ in PRIOR_QUALITY) + " |")
     for game, data in results["games"].items():
         if not data["points"]:
             continue
@@ -374,17 +410,19 @@ def render_markdown(results: dict[str, Any]) -> str:
             f"{first['eval_max_episode_steps']}; raw score ± std over seeds at each point; curves in "
             f"curves-{game_slug(game)}.png.",
             "",
-            "| point | env steps | " + " | ".join(AGENTS) + " |",
-            "| --- | --- | " + " | ".join("---" for _ in AGENTS) + " |",
+            "| point | env steps | " + " | ".join(AGENTS) + " | walkthrough RR | search's choice RR |",
+            "| --- | --- | " + " | ".join("---" for _ in AGENTS) + " | --- | --- |",
         ]
         for point in data["points"]:
             cells = " | ".join(_cell(point["agents"][name]["score"], 2) for name in AGENTS)
-            lines.append(f"| {point['point']} | {point['env_steps']['mean']:,.0f} | {cells} |")
+            quality = " | ".join(_quality(point, key) for key in ("prior/walkthrough_mrr", "search/lm_rr_of_search_top"))
+            lines.append(f"| {point['point']} | {point['env_steps']['mean']:,.0f} | {cells} | {quality} |")
     return "\n".join(lines) + "\n"
 
 
 def plot_game(game: str, data: dict[str, Any], seeds: int) -> bytes:
-    """Raw score against environment steps, one line per agent; shaded ± std over seeds (over episodes for one seed)."""
+    """Raw score against environment steps, one line per agent, shaded ± std over seeds (over episodes for one seed);
+    beside it the prior's quality (PRIOR_QUALITY) against environment steps, ± std over seeds."""
     import io
 
     import matplotlib
@@ -392,7 +430,7 @@ def plot_game(game: str, data: dict[str, Any], seeds: int) -> bytes:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    fig, (ax, right) = plt.subplots(1, 2, figsize=(11.0, 4.0))
     points = data["points"]
     xs = [point["env_steps"]["mean"] for point in points]
     for name in AGENTS:
@@ -411,6 +449,21 @@ def plot_game(game: str, data: dict[str, Any], seeds: int) -> bytes:
     ax.set_ylabel("score (raw)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
+    for key, label in PRIOR_QUALITY:
+        shown = [(point["env_steps"]["mean"], point["prior_quality"][key]) for point in points if key in point.get("prior_quality", {})]
+        if shown:
+            steps, spreads = zip(*shown)
+            means, stds = [s["mean"] for s in spreads], [s["std"] for s in spreads]
+            (line,) = right.plot(steps, means, marker="o", label=label)
+            right.fill_between(steps, [m - s for m, s in zip(means, stds)], [m + s for m, s in zip(means, stds)], color=line.get_color(), alpha=0.15)
+    right.set_title("the language model's prior", fontsize=10)
+    right.set_xlabel("environment steps")
+    right.set_ylim(0.0, 1.02)
+    right.grid(alpha=0.3)
+    if right.lines:
+        right.legend(fontsize=8)
+    else:
+        right.text(0.5, 0.5, "not measured at these points", ha="center", va="center", transform=right.transAxes)
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100)

@@ -26,7 +26,7 @@ def eval_command(
     env_id: EnvIdOpt = None,
     game_dir: GameDirOpt = None,
     set_: SetOpt = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object (per agent: score, win rate, episodes) as the last line.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object (per agent: score, win rate, episodes; prior_quality: the prior's quality) as the last line.")] = False,
     verbose: VerboseOpt = False,
 ) -> int:
     """Play N episodes per game with each agent, using the checkpoint's weights and config.
@@ -38,12 +38,14 @@ def eval_command(
 
     setup_logging(verbose)
     names = [a.value for a in agent] if agent else ["priorzero"]
-    scores = evaluate_checkpoint(run_or_checkpoint, names, episodes, env_id, game_dir, set_ or [])
+    evaluation = evaluate_checkpoint(run_or_checkpoint, names, episodes, env_id, game_dir, set_ or [])
     if as_json:
-        typer.echo(json.dumps({name: score.to_json() for name, score in scores.items()}))
+        typer.echo(json.dumps({**{name: score.to_json() for name, score in evaluation.scores.items()}, "prior_quality": evaluation.prior_quality}))
     else:
-        for name, score in scores.items():
+        for name, score in evaluation.scores.items():
             typer.echo(f"{name:10s} normalised score {score.normalised_score:.3f}  win rate {score.win_rate:.3f}  mean steps {score.mean_steps:.1f}  ({score.episodes} episodes)")
+        if evaluation.prior_quality:
+            typer.echo("prior      " + "  ".join(f"{key} {value:.3f}" for key, value in evaluation.prior_quality.items()))
     return 0
 
 

@@ -1,7 +1,9 @@
-"""Evaluate agents with a checkpoint's weights (what `priorzero eval` and `play --checkpoint` load)."""
+"""Evaluate agents with a checkpoint's weights (what `priorzero eval` and `play --checkpoint` load), and the
+language model's prior with them."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from priorzero.config import Config, build_config
@@ -9,7 +11,7 @@ from priorzero.envs.registry import require_valid_commands
 from priorzero.errors import UserError
 from priorzero.train.checkpoint import load_checkpoint, resolve_checkpoint_path
 from priorzero.train.evaluator import AgentScore, evaluate
-from priorzero.train.loop import CHECKPOINT_FORMAT, Trainer, stored_config
+from priorzero.train.loop import CHECKPOINT_FORMAT, Trainer, search_statistics, stored_config
 
 
 # Settings that decide the shapes and names of the checkpoint's weights.
@@ -43,21 +45,38 @@ def trainer_from_checkpoint(
     return trainer
 
 
+@dataclass
+class Evaluation:
+    scores: dict[str, AgentScore]  # per agent
+    # The prior's quality with these weights: on the game's walkthrough states (prior/walkthrough_*, where the game
+    # has a walkthrough) and against the searches of the priorzero agent's evaluation episodes (search/lm_*: the
+    # probability and reciprocal rank it gave the search's most visited command, how often that was its own top),
+    # where priorzero was among the agents.
+    prior_quality: dict[str, float]
+
+
 def evaluate_checkpoint(
     path: Path, agents: list[str], episodes: int, env_id: str | None = None, game_dir: Path | None = None, overrides: list[str] = ()
-) -> dict[str, AgentScore]:
+) -> Evaluation:
     return _evaluate(trainer_from_checkpoint(path, env_id, game_dir, overrides), agents, episodes)
 
 
-def evaluate_untrained(config: Config, agents: list[str], episodes: int, overrides: list[str] = ()) -> dict[str, AgentScore]:
+def evaluate_untrained(config: Config, agents: list[str], episodes: int, overrides: list[str] = ()) -> Evaluation:
     """The agents with the weights a run of this config starts from (seeded by run.seed, before any update)."""
     config = build_config(None, None, overrides, base=config.model_dump(mode="json"))
     require_valid_commands(config.env, "evaluation")
     return _evaluate(Trainer(config), agents, episodes)
 
 
-def _evaluate(trainer: Trainer, agents: list[str], episodes: int) -> dict[str, AgentScore]:
+def _evaluate(trainer: Trainer, agents: list[str], episodes: int) -> Evaluation:
+    searched = []  # the priorzero agent's decisions
+
+    def keep(episode, decision, command, result) -> None:
+        searched.append(decision)
+
     try:
-        return {name: evaluate(trainer.games, trainer.agent(name), episodes) for name in agents}
+        scores = {name: evaluate(trainer.games, trainer.agent(name), episodes, on_step=keep if name == "priorzero" else None) for name in agents}
+        against_search = {key: value for key, value in search_statistics(searched).items() if key.startswith("search/lm_")}
+        return Evaluation(scores, {**trainer.walkthrough_metrics(), **against_search})
     finally:
         trainer.close()

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Callable
 
 from priorzero.train.agents import Agent
-from priorzero.train.episodes import EpisodeLoop, EpisodeResult, GameBatch, Interrupted
+from priorzero.train.episodes import EpisodeLoop, EpisodeResult, GameBatch, Interrupted, OnStep
 
 EVAL_SEED_OFFSET = 1_000_000  # evaluation episode j uses seed EVAL_SEED_OFFSET + j; training seeds stay below it
 
@@ -36,11 +36,13 @@ def evaluate(
     episodes_per_game: int,
     should_stop: Callable[[], bool] = lambda: False,
     on_episode: Callable[[EpisodeResult], None] | None = None,
+    on_step: OnStep | None = None,
 ) -> AgentScore:
     """Play `episodes_per_game` episodes of every game the slots hold (slots sharing a game share its episodes);
     a slot starts its game's next episode as soon as its last one ends. Episode j of a game uses seed
-    EVAL_SEED_OFFSET + j, whichever slot plays it. Raises Interrupted when `should_stop()` turns true."""
-    loop = EpisodeLoop(games, agent, keep_records=False)
+    EVAL_SEED_OFFSET + j, whichever slot plays it. Raises Interrupted when `should_stop()` turns true. `on_step` sees
+    every decision (EpisodeLoop's)."""
+    loop = EpisodeLoop(games, agent, keep_records=False, on_step=on_step)
     started = {env_id: 0 for env_id in games.env_ids}
     results: list[EpisodeResult] = []
 
