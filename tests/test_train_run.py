@@ -187,6 +187,7 @@ def test_eval_scores_a_run_and_prints_json(reference_run):
         (["train", "--resume", "--run-dir", "{missing}"], "cannot resume"),
         (["eval", "{missing}"], "no checkpoint at"),
         (["train", "--preset", "quick", "--set", "train.deterministic=true", "--set", "train.max_policy_lag=2"], "train.deterministic=true needs every update between steps"),
+        (["train", "--preset", "quick", "--set", "train.collect_agent=wm"], "add --set train.lm_updates_per_step=0"),
     ],
 )
 def test_bad_input_is_one_line(tmp_path, args, expected):
@@ -267,3 +268,20 @@ def test_background_learning_keeps_the_replay_ratio_and_resumes(tmp_path, tiny_c
     assert resumed["iteration"] == 3 and resumed["env_steps"] > counters["env_steps"]
     assert resumed["wm_updates"] == int(0.5 * resumed["env_steps"])
     assert resumed["lm_updates"] == int(0.25 * resumed["env_steps"])
+
+
+def test_the_ablation_without_the_language_model_collects_with_the_world_model_alone(tmp_path, tiny_config):
+    """train.collect_agent=wm: the training episodes are searched from the world model's policy alone (no prompt, a
+    uniform prior in every record), the world model still learns, the language model is left as loaded."""
+    run = tmp_path / "wm-only"
+    result = priorzero("train", "--preset", "quick", "--config", str(tiny_config), "--set", "train.collect_agent=wm",
+                       "--set", "train.lm_updates_per_step=0", "--max-iter", "2", "--run-dir", str(run))  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    state = checkpoint(run)
+    assert state["counters"]["wm_updates"] == int(0.5 * state["counters"]["env_steps"]) > 0 and state["counters"]["lm_updates"] == 0
+    records = records_from_state(state["buffer"]["records"])
+    assert records and all(r.prompt_ids == [] for r in records)
+    assert all(max(r.prior) == min(r.prior) for r in records)  # uniform: the collection never asked the language model
+    assert all(sum(r.visit_counts) > 0 for r in records)  # but it searched
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert not any(key.startswith("search/lm_") for row in rows for key in row)  # no prior to measure against the search

@@ -200,6 +200,10 @@ class TrainConfig(_Section):
         False,
         description="Sequential and seeded: every update between steps on the collecting thread and PyTorch's deterministic algorithms, so two runs of one config and seed on one machine give the same records and metrics, and a resumed run goes on as if never stopped. Needs train.max_policy_lag=0 and no run.cluster (their learners and collectors run on their own timing).",
     )
+    collect_agent: Literal["priorzero", "wm"] = Field(
+        "priorzero",
+        description="The agent that plays the training episodes: priorzero (search from the language model's prior mixed with the world model's policy) or wm (search from the world model alone: the ablation without the language model, MuZero on valid commands; the language model is not fine-tuned then, so train.lm_updates_per_step must be 0). The llm and priorzero evaluation agents still use the language model as loaded.",
+    )
     collect_groups: int = Field(2, ge=1, le=64, description="Pipeline: game slots split into this many groups; while one group's games step and list their valid commands, the models decide for the next (1: no overlap).")
     buffer_steps: int = Field(50_000, ge=1, le=100_000_000, description="Replay buffer capacity in environment steps (oldest segments go first).")
     segment_length: int = Field(10, ge=1, le=10_000, description="Steps per replay segment (episodes are cut into segments).")
@@ -263,6 +267,15 @@ class Config(_Section):
         if self.train.deterministic and (self.train.max_policy_lag > 0 or self.run.cluster is not None):
             why = f"train.max_policy_lag={self.train.max_policy_lag}" if self.train.max_policy_lag > 0 else "run.cluster"
             raise ValueError(f"train.deterministic=true needs every update between steps, but {why} learns or collects on its own timing; set train.max_policy_lag=0 and leave out --cluster, or drop train.deterministic")
+        return self
+
+    @model_validator(mode="after")
+    def _wm_collection_trains_no_language_model(self) -> "Config":
+        if self.train.collect_agent == "wm" and self.train.lm_updates_per_step > 0 and self.train.lm_finetune != "off":
+            raise ValueError(
+                "train.collect_agent=wm plays the training episodes without the language model, so there is nothing to fine-tune "
+                f"it from, but train.lm_updates_per_step={self.train.lm_updates_per_step:g}; add --set train.lm_updates_per_step=0"
+            )
         return self
 
     @model_validator(mode="after")

@@ -41,8 +41,10 @@ log = logging.getLogger(__name__)
 
 def learns_beside_collection(config: Config) -> bool:
     """The language model learns in a thread beside this machine's collection (train.max_policy_lag > 0, no
-    run.cluster, fine-tuning on), so no scorer may score with the model it trains: the trainable model is a copy."""
-    return config.train.max_policy_lag > 0 and config.run.cluster is None and config.train.lm_finetune != "off"
+    run.cluster, fine-tuning on, updates owed), so no scorer may score with the model it trains: the trainable model
+    is a copy."""
+    train = config.train
+    return train.max_policy_lag > 0 and config.run.cluster is None and train.lm_finetune != "off" and train.lm_updates_per_step > 0
 
 
 @dataclass

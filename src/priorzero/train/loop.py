@@ -174,8 +174,9 @@ class Trainer:
 
     @property
     def collector(self) -> EpisodeLoop:
-        """The training episodes: the exploring priorzero agent on every game slot (with run.cluster: on Ray
-        collector actors, train/cluster.py, which offers the same surface)."""
+        """The training episodes: the exploring train.collect_agent (priorzero, or wm for the ablation without the
+        language model) on every game slot (with run.cluster: on Ray collector actors, train/cluster.py, which offers
+        the same surface)."""
         if self._collector is None and self.config.run.cluster is not None:
             from priorzero.train.cluster import RayCollection
 
@@ -183,7 +184,7 @@ class Trainer:
         if self._collector is None:
             self._collector = EpisodeLoop(
                 self.games,
-                self.agent("priorzero", explore=True),
+                self.agent(self.config.train.collect_agent, explore=True),
                 lm_version=lambda: self.prior.version,
                 wm_version=lambda: self.background.published["wm"] if self.background is not None else self.counters.wm_updates,
                 on_step=lambda episode, decision, command, result: self.decisions.append(decision),
@@ -645,25 +646,25 @@ def episode_statistics(results: list[EpisodeResult]) -> dict[str, float]:
 
 
 def search_statistics(decisions: list[Decision]) -> dict[str, float]:
-    """Visit and prior entropy; how often the language model's top command is the search's most visited, and the
-    probability and reciprocal rank the language model's prior gave that command (the prior's quality, as the
-    search sees it, at the language-model version that collected the step)."""
+    """Visit and prior entropy; and, over the searches that started from the language model's prior (a prompt), how
+    often its top command is the search's most visited, and the probability and reciprocal rank it gave that
+    command (the prior's quality, as the search sees it, at the language-model version that collected the step)."""
     searched = [d for d in decisions if d.visit_counts and sum(d.visit_counts) > 0]
     if not searched:
         return {}
-    tops = [int(np.argmax(d.visit_counts)) for d in searched]
-    return {
-        "search/lm_prob_of_search_top": statistics.fmean(d.prior[top] for d, top in zip(searched, tops)),
-        "search/lm_rr_of_search_top": statistics.fmean(
-            1.0 / (1 + sum(p > d.prior[top] for p in d.prior)) for d, top in zip(searched, tops)
-        ),
+    result = {
         "search/visit_entropy": statistics.fmean(_entropy([v / sum(d.visit_counts) for v in d.visit_counts]) for d in searched),
         "search/prior_entropy": statistics.fmean(_entropy(d.prior) for d in searched),
-        "search/lm_top_is_search_top": statistics.fmean(
-            float(int(np.argmax(d.prior)) == int(np.argmax(d.visit_counts))) for d in searched
-        ),
         "search/root_value": statistics.fmean(d.root_value for d in searched),
     }
+    scored = [(d, int(np.argmax(d.visit_counts))) for d in searched if d.prompt_ids]  # searched from the language model's prior
+    if scored:
+        result.update({
+            "search/lm_prob_of_search_top": statistics.fmean(d.prior[top] for d, top in scored),
+            "search/lm_rr_of_search_top": statistics.fmean(1.0 / (1 + sum(p > d.prior[top] for p in d.prior)) for d, top in scored),
+            "search/lm_top_is_search_top": statistics.fmean(float(int(np.argmax(d.prior)) == top) for d, top in scored),
+        })
+    return result
 
 
 def walkthrough_quality(prior: PriorModel, states: list) -> dict[str, float]:
