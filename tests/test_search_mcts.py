@@ -349,3 +349,29 @@ def test_completed_q_matches_the_reference_on_searched_trees(seed):
             root.value[game].item(), valid, params.c_visit, params.c_scale, params.min_q_spread,
         )
         assert out.improved_policy[game].tolist() == pytest.approx(expected, rel=1e-9, abs=1e-12), f"game {game}"
+
+
+def test_graph_capture_that_runs_out_of_memory_releases_the_cache_once_then_searches_eagerly(caplog):
+    from priorzero.search.mcts import capture_or_none
+
+    calls = []
+
+    def fake_capture_out_of_memory_first():  # a fake: the capture's OOM under a memory cap cannot happen without a GPU
+        calls.append("capture")
+        if len(calls) == 1:
+            raise torch.OutOfMemoryError("fake: no room in the graphs' private pool")
+        return "graphs"
+
+    assert capture_or_none(fake_capture_out_of_memory_first, lambda: calls.append("release")) == "graphs"
+    assert calls == ["capture", "release", "capture"]
+
+    calls.clear()
+
+    def fake_capture_always_out_of_memory():
+        calls.append("capture")
+        raise torch.OutOfMemoryError("fake")
+
+    assert capture_or_none(fake_capture_always_out_of_memory, lambda: calls.append("release")) is None  # eager, not a crash
+    assert calls == ["capture", "release", "capture"] and "runs eagerly" in caplog.text
+    with pytest.raises(ValueError):  # anything else is not a memory question
+        capture_or_none(lambda: (_ for _ in ()).throw(ValueError("bug")), lambda: None)

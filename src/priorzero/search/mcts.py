@@ -8,10 +8,11 @@ on tensor values and nothing waits for the device (`DepthBound` reads the tree's
 
 from __future__ import annotations
 
+import logging
 from collections import deque
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Callable, Iterator, TypeVar
 
 import torch
 from torch import Tensor
@@ -19,6 +20,9 @@ from torch import Tensor
 from priorzero.config import SearchConfig
 from priorzero.search.interface import RecurrentOutput, SearchModel
 from priorzero.search.tree import PRIOR, Q, VISITS, Tree
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -293,19 +297,35 @@ def _capturing(graph: torch.cuda.CUDAGraph, stream: torch.cuda.Stream) -> Iterat
     torch.cuda.current_stream(stream.device).wait_stream(stream)
 
 
+def capture_or_none(capture: Callable[[], T], release: Callable[[], None]) -> T | None:
+    """`capture()`; when it runs out of memory, `release()` and once more; None when that runs out too (the caller
+    then searches eagerly: the same result, more launches).
+
+    Graphs allocate from a private memory pool, which cannot reuse the blocks PyTorch's allocator keeps cached for
+    eager kernels; under a memory cap (llm.gpu_memory) those cached blocks can fill it (seen on the H200: 4.1 GiB
+    allocated, 7.3 GiB cached, a 2 MiB capture allocation refused at an 11.4 GiB cap), so `release` gives them back."""
+    for attempt in range(2):
+        try:
+            return capture()
+        except torch.OutOfMemoryError:
+            if attempt == 0:
+                release()
+    log.warning("the search's CUDA graphs do not fit in the memory budget; this search runs eagerly (slower)")
+    return None
+
+
 def run_simulations_graphed(model: SearchModel, state: object, tree: Tree, params: SearchParams) -> Tree:
     """`run_simulations` with the bookkeeping captured once as two CUDA graphs and replayed every simulation, so its
     few dozen small kernels cost one launch on each side of the model instead of one launch apiece.
 
     Graphs need fixed shapes and addresses: selection scores every node slot, paths keep every column, the node
     index lives in a device counter, and the model's outputs are copied into fixed buffers. The first simulation
-    runs eagerly (it also warms up the libraries the graphs use). Off a GPU the same fixed-shape steps run eagerly,
-    which is how the tests check them.
+    runs eagerly (it also warms up the libraries the graphs use). Off a GPU, or when the graphs do not fit in memory
+    (`capture_or_none`), the same fixed-shape steps run eagerly, which is how the tests check them.
     """
     tables, exploration = search_constants(tree, params)
     last = params.num_simulations
     num_nodes, width = last + 1, last  # every slot but the trash; the deepest possible leaf
-    capture = tree.node_values.device.type == "cuda"
 
     def select() -> tuple[Tensor, Tensor, Tensor]:
         return simulate(tree, num_nodes, width, params, exploration)
@@ -320,23 +340,28 @@ def run_simulations_graphed(model: SearchModel, state: object, tree: Tree, param
     counter = torch.ones(1, dtype=torch.long, device=parent.device)  # the node the next simulation adds
     buffers = RecurrentOutput(first.reward.clone(), first.value.clone(), first.policy_logits.clone())
     update(parent, action, counter, buffers)
-    if capture:
+
+    def capture() -> tuple[torch.cuda.CUDAGraph, torch.cuda.CUDAGraph, tuple[Tensor, Tensor, Tensor]]:
         selection, updating = torch.cuda.CUDAGraph(), torch.cuda.CUDAGraph()
         stream = torch.cuda.Stream(device=parent.device)
         with _capturing(selection, stream):
-            parent, action, path = select()
+            selected = select()  # the graph's output buffers: replay() refills them in place
         with _capturing(updating, stream):
-            update(parent, action, counter, buffers)
+            update(selected[0], selected[1], counter, buffers)
+        return selection, updating, selected
+
+    graphs = capture_or_none(capture, torch.cuda.empty_cache) if tree.node_values.device.type == "cuda" else None
     for simulation in range(2, last + 1):
-        if capture:
-            selection.replay()  # refills parent, action and path in place
+        if graphs is not None:
+            graphs[0].replay()
+            parent, action, path = graphs[2]
         else:
             parent, action, path = select()
         step = model.recurrent_inference(state, path, action, simulation)
         for buffer, value in zip(buffers, step):
             buffer.copy_(value)
-        if capture:
-            updating.replay()
+        if graphs is not None:
+            graphs[1].replay()
         else:
             update(parent, action, counter, buffers)
     return tree
