@@ -117,6 +117,7 @@ def test_run_dir_refuses_an_existing_run_and_a_resume_with_another_config(tmp_pa
     with pytest.raises(UserError, match="config differs from the stored one in search.num_simulations"):
         RunDir.open_for_resume(tmp_path / "run", build_config("quick", overrides=["search.num_simulations=3"]))
     RunDir.open_for_resume(tmp_path / "run", build_config("quick", overrides=["train.max_iter=9"]))  # limits may change
+    RunDir.open_for_resume(tmp_path / "run", build_config("quick", overrides=["llm.gpu_memory=20GiB", "gpu.train_memory=2GiB"]))  # and budgets
     assert run.config_path.read_text() == before
 
 

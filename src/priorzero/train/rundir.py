@@ -182,6 +182,11 @@ _RESUMABLE_KEYS = {
     ("run", "inference_cpus"),
     ("run", "inference_gpus"),
     ("gpu", "count"),
+    # memory budgets: where the models fit, not what they learn (a run stopped by an out-of-memory error resumes
+    # with a larger one; the language model's micro-batches follow the budget, its updates do not)
+    ("llm", "gpu_memory"),
+    ("gpu", "train_memory"),
+    ("train", "lm_memory_budget"),
 }
 
 
