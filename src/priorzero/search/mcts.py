@@ -8,6 +8,7 @@ on tensor values and nothing waits for the device (`DepthBound` reads the tree's
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections import deque
 from contextlib import contextmanager
@@ -310,8 +311,13 @@ def capture_or_none(capture: Callable[[], T], release: Callable[[], None]) -> T 
         except torch.OutOfMemoryError:
             if attempt == 0:
                 release()
-    log.warning("the search's CUDA graphs do not fit in the memory budget; this search runs eagerly (slower)")
+    _warn_eager()
     return None
+
+
+@functools.cache  # once a process: every search of a tight budget may come here
+def _warn_eager() -> None:
+    log.warning("the search's CUDA graphs do not fit in the memory budget; searches that meet this run eagerly (slower)")
 
 
 def run_simulations_graphed(model: SearchModel, state: object, tree: Tree, params: SearchParams) -> Tree:
