@@ -9,7 +9,8 @@
 #   LABEL=agents GAMES=detective.z5,balances.z5 SEEDS=0,1,2 MINUTES=4 bash scripts/gpu-measure.sh agents
 #       # bench agents on the full preset, each (game, seed) in a process of its own (side by side), then the table
 #       # for all; points, results and the runs' logs in $OUT/$LABEL.tgz (a rerun on the same warm machine resumes);
-#       # STEPS=N: a budget of N environment steps instead of MINUTES
+#       # STEPS=N: a budget of N environment steps instead of MINUTES; each run's llm.gpu_memory is its share of
+#       # 85% of the GPU unless EXTRA gives one (15 runs with the default budget ran an H200 out of memory)
 #   VARIANTS='old|.devcarry/old/src|;new||;bigwm||--set train.wm_batch_size=256' GAME=... bash scripts/gpu-measure.sh compare
 #       # `train` runs one after the other (label|source tree to run instead of src/, if any|extra options), each
 #       # from an empty Jericho listing cache; their logs, metrics and GPU samples in $OUT/compare.tgz
@@ -63,8 +64,12 @@ agents)
   IFS=',' read -ra games <<<"${GAMES:?}"
   budget=(--minutes "${MINUTES:-4}")
   [ -n "${STEPS:-}" ] && budget=(--env-steps "$STEPS")  # a budget in environment steps instead
+  # budgets are per process (docs/gpu.md): each run gets its share of 85% of the GPU unless EXTRA sets one
+  total_mib=$(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits | head -1)
+  share=(--set "llm.gpu_memory=$((total_mib * 85 / 100 / (${#games[@]} * ${#seeds[@]})))MiB")
+  [[ "${EXTRA:-}" == *llm.gpu_memory* ]] && share=()
   args=(bench agents "${budget[@]}" --eval-points "${POINTS:-2}" --eval-episodes "${EPISODES:-5}"
-        --preset full --set env.num_envs="${NUM_ENVS:-96}" --out "/tmp/pz-$label" ${EXTRA:-})
+        --preset full --set env.num_envs="${NUM_ENVS:-96}" --out "/tmp/pz-$label" "${share[@]}" ${EXTRA:-})
   for game in "${games[@]}"; do
     for seed in "${seeds[@]}"; do
       timeout -s INT "${AGENTS_S:-540}" python3 -c 'from priorzero.cli import main; raise SystemExit(main())' "${args[@]}" \
