@@ -415,7 +415,7 @@ def render_markdown(results: dict[str, Any]) -> str:
         ]
         for point in data["points"]:
             cells = " | ".join(_cell(point["agents"][name]["score"], 2) for name in AGENTS)
-            quality = " | ".join(_quality(point, key) for key in ("prior/walkthrough_mrr", "search/lm_rr_of_search_top"))
+            quality = " | ".join(_quality(point, key) for key, label in PRIOR_QUALITY if "reciprocal rank" in label)
             lines.append(f"| {point['point']} | {point['env_steps']['mean']:,.0f} | {cells} | {quality} |")
     return "\n".join(lines) + "\n"
 
