@@ -6,6 +6,7 @@
 #   bash scripts/gpu-measure.sh throughput   # bench envs ceilings; bench train lockstep vs pipeline (issue 15)
 #   LABEL=x GAME=detective.z5 NUM_ENVS=256 STEPS=4000 EXTRA='--set ...' bash scripts/gpu-measure.sh train   # one train run, GPU sampled
 #   GAME=detective.z5 NUM_ENVS=64 bash scripts/gpu-measure.sh profile   # train under cProfile, GPU utilisation sampled
+#   GAME=detective.z5 NUM_ENVS=256 bash scripts/gpu-measure.sh spy       # the same under py-spy (every thread, idle included)
 #   LABEL=agents GAMES=detective.z5,balances.z5 SEEDS=0,1,2 MINUTES=4 bash scripts/gpu-measure.sh agents
 #       # bench agents on the full preset, each (game, seed) in a process of its own (side by side), then the table
 #       # for all; points, results and the runs' logs in $OUT/$LABEL.tgz (a rerun on the same warm machine resumes);
@@ -104,6 +105,18 @@ profile)
   python3 -c "import pstats, sys; s = pstats.Stats(sys.argv[1]); s.sort_stats('tottime').print_stats(45); s.sort_stats('cumulative').print_stats(70)" \
     "$out/train.prof" >"$out/profile.txt" 2>&1
   ;;
+spy)
+  # the same `train` run under py-spy (sampling, every thread, idle time included: where the wall-clock goes);
+  # needs py-spy on PATH (a manylinux wheel carried, e.g. pip install --no-deps --target /tmp/pyspy WHEEL)
+  nvidia-smi --query-gpu=utilization.gpu --format=csv,noheader,nounits -l 1 >"$out/util-spy.txt" &
+  smi=$!
+  timeout -s INT "${TRAIN_S:-200}" py-spy record --rate "${SPY_RATE:-50}" --idle --threads --format raw -o "$out/spy.txt" -- \
+    python3 -c 'from priorzero.cli import main; raise SystemExit(main())' train --preset full --env-id "${GAME:-detective.z5}" \
+    --set env.num_envs="${NUM_ENVS:-64}" --max-env-steps "${STEPS:-1500}" --set train.eval_agents=[] --run-dir "/tmp/pz-spy-$$" ${EXTRA:-} \
+    >"$out/spy-run.log" 2>&1
+  kill "$smi"
+  grep -h "steps/s" "$out/spy-run.log" | tail -4
+  ;;
 *)
-  echo "usage: $0 stress|throughput|train|agents|compare|profile" >&2; exit 2 ;;
+  echo "usage: $0 stress|throughput|train|agents|compare|profile|spy" >&2; exit 2 ;;
 esac

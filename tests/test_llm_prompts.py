@@ -132,3 +132,26 @@ def test_batched_cached_candidates_equal_one_call_per_command(tokenizer):
     first = encode_candidates(tokenizer, commands)
     first[0].append(-1)  # callers own what they get: the cache is not changed through it
     assert encode_candidates(tokenizer, commands) == one_by_one
+
+
+@pytest.mark.parametrize("chat", [True, False])
+def test_prompts_tokenized_as_one_batch_equal_one_by_one(tokenizer, chat):
+    """build_prompts (one batched tokenizer call, the shortening path only where over budget) gives each state the
+    ids and counts build_prompt gives it alone: states that fit whole, that drop history, that cut their opening."""
+    from priorzero.llm.prior import PriorInput
+    from priorzero.llm.prompts import build_prompts
+
+    lm_tokenizer = tokenizer
+    if not chat:
+        lm_tokenizer = copy.deepcopy(tokenizer)
+        lm_tokenizer.chat_template = None
+    opening = "Welcome to the house. Your goal: find the knife and put it in the fridge. " * 3
+    states = [
+        PriorInput(OBSERVATION, VALID, HISTORY[:k], opening if k % 2 else "") for k in range(len(HISTORY) + 1)
+    ] + [PriorInput("You are in a long hall. " * 40, VALID, HISTORY, opening)]
+    config = LLMConfig(history_steps=4, prompt_tokens=260, show_valid_commands=True)
+    expected = [build_prompt(lm_tokenizer, s.history, s.observation, s.valid_commands, config, s.opening) for s in states]
+    assert build_prompts(lm_tokenizer, states, config) == expected
+    assert {r.truncated_steps > 0 for r in expected} == {True, False}  # both paths taken
+    assert any(r.truncated_opening_tokens or r.truncated_observation_tokens for r in expected)
+    assert build_prompts(lm_tokenizer, [], config) == []

@@ -2,6 +2,7 @@
 weight copy never sees half an update, and an error in the thread reaches the collecting thread."""
 
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -70,4 +71,40 @@ def test_an_error_in_the_thread_is_raised_in_the_caller():
             background.wait({"wm": 5})
         assert background.done == {"wm": 2}
     finally:
+        background.close()
+
+
+class FakeHeldLearner:
+    """A learner whose every step waits for a permit from the test: an update in flight for as long as it likes."""
+
+    def __init__(self) -> None:
+        self.permits, self.steps_entered = threading.Semaphore(0), threading.Semaphore(0)
+
+    def sample(self, buffer, rng):
+        return None
+
+    def step(self, batch):
+        self.steps_entered.release()
+        assert self.permits.acquire(timeout=10)
+        return {}
+
+
+def test_publish_does_not_wait_for_an_update_in_flight_unless_asked():
+    learner = FakeHeldLearner()
+    copies: list[dict[str, int]] = []
+    background = make({"lm": learner})
+    background.on_publish = lambda: copies.append(dict(background.done))
+    try:
+        background.owe({"lm": 2})
+        assert learner.steps_entered.acquire(timeout=10)
+        learner.permits.release()  # the first update finishes ...
+        assert learner.steps_entered.acquire(timeout=10)  # ... and the second is in flight
+        started = time.perf_counter()
+        assert background.publish() == {"lm": 0}  # one newer update, but the copy would wait: not now
+        assert time.perf_counter() - started < 1 and copies == []
+        learner.permits.release()
+        background.wait({"lm": 2})  # waits for the updates, then copies them
+        assert background.published == {"lm": 2} and copies == [{"lm": 2}]
+    finally:
+        learner.permits.release()
         background.close()

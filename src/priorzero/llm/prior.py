@@ -53,6 +53,19 @@ class PreparedState:
     truncated_steps: int
 
 
+def prepare_states(tokenizer, states: Sequence[PriorInput], config, stats) -> list[PreparedState]:
+    """What both backends' `prepare` does: the prompts (tokenized in one batch) and the commands' token ids; the
+    history steps dropped to fit the budget are counted in `stats.truncated_steps`."""
+    from priorzero.llm.prompts import build_prompts, encode_candidates
+
+    prompts = build_prompts(tokenizer, states, config)
+    stats.truncated_steps += sum(prompt.truncated_steps for prompt in prompts)
+    return [
+        PreparedState(prompt.token_ids, encode_candidates(tokenizer, state.valid_commands), prompt.truncated_steps)
+        for prompt, state in zip(prompts, states)
+    ]
+
+
 class PriorBackend(Protocol):
     """What scores the prior: prepare states, score prepared ones, and take new weights after an update."""
 

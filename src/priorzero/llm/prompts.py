@@ -1,6 +1,7 @@
 """The prompt the language model scores commands after, and the token ids of the commands themselves.
 
     build_prompt(tokenizer, history, observation_text, valid_commands, config, opening="") -> PromptResult
+    build_prompts(tokenizer, states, config) -> list[PromptResult]      # the same for many states, tokenized at once
     encode_candidates(tokenizer, commands) -> list[list[int]]
 
 A prompt holds the instructions, the episode's opening text (`config.show_opening`: games usually state the goal
@@ -17,6 +18,7 @@ text loses its end, then the observation loses its beginning; all are counted in
 from __future__ import annotations
 
 import weakref
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from priorzero.errors import UserError
@@ -80,15 +82,52 @@ def _chat_frame(tokenizer) -> tuple[str, str] | None:
     return _chat_frames[tokenizer]
 
 
-def _encode(tokenizer, user_message: str) -> list[int]:
+def _tokenize(tokenizer, texts: list[str]) -> list[list[int]]:
+    """Token ids of each text, no special tokens added, in one batched call: a fast tokenizer's own (Rust) batch
+    encoder spreads it over the cores, and its ids are taken as they are (transformers' wrapper first converts
+    every encoding, masks and offsets included: scripts/bench_prompts.py measures both)."""
+    if not texts:
+        return []
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        return [encoding.ids for encoding in backend.encode_batch(texts, add_special_tokens=False)]
+    return tokenizer(texts, add_special_tokens=False)["input_ids"]
+
+
+def _encode_all(tokenizer, user_messages: list[str]) -> list[list[int]]:
+    """The prompts' token ids, tokenized as one batch."""
     if has_chat_template(tokenizer):
         frame = _chat_frame(tokenizer)
-        text = frame[0] + user_message + frame[1] if frame is not None else _render_chat(tokenizer, user_message)
-        return tokenizer(text, add_special_tokens=False)["input_ids"]
-    text = f"{INSTRUCTIONS}\n\n{user_message}\n> "
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    bos = tokenizer.bos_token_id
-    return ([bos] if bos is not None else []) + ids
+        return _tokenize(tokenizer, [frame[0] + m + frame[1] if frame is not None else _render_chat(tokenizer, m) for m in user_messages])
+    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    return [bos + ids for ids in _tokenize(tokenizer, [f"{INSTRUCTIONS}\n\n{m}\n> " for m in user_messages])]
+
+
+def _encode(tokenizer, user_message: str) -> list[int]:
+    return _encode_all(tokenizer, [user_message])[0]
+
+
+def _shown(history, valid_commands, config, opening):
+    """What of a state the prompt shows as `config` says: recent history, the command list or None, the opening."""
+    commands = list(valid_commands) if (valid_commands is not None and config.show_valid_commands) else None
+    opening = opening.strip() if config.show_opening else ""
+    recent = list(history[-config.history_steps :]) if config.history_steps > 0 else []
+    return recent, commands, opening
+
+
+def build_prompts(tokenizer, states: Sequence, config) -> list[PromptResult]:
+    """`build_prompt` for many states (each with .history, .observation, .valid_commands, .opening), the same ids:
+    every full prompt is tokenized in one batched call, and only those over the budget are shortened one by one."""
+    messages = []
+    for s in states:
+        recent, commands, opening = _shown(s.history, s.valid_commands, config, s.opening)
+        messages.append(_user_message(recent, s.observation, commands, opening))
+    full = _encode_all(tokenizer, messages)
+    return [
+        PromptResult(ids, truncated_steps=0) if len(ids) <= config.prompt_tokens
+        else build_prompt(tokenizer, s.history, s.observation, s.valid_commands, config, s.opening)
+        for s, ids in zip(states, full)
+    ]  # fmt: skip
 
 
 def build_prompt(
@@ -102,9 +141,7 @@ def build_prompt(
     """The prompt's token ids within `config.prompt_tokens`; `config` is an LLMConfig (history_steps, prompt_tokens,
     show_valid_commands, show_opening). `valid_commands` is ignored when show_valid_commands is off, `opening` (the
     episode's first observation; empty while it is still the current one) when show_opening is off."""
-    commands = list(valid_commands) if (valid_commands is not None and config.show_valid_commands) else None
-    opening = opening.strip() if config.show_opening else ""
-    recent = list(history[-config.history_steps :]) if config.history_steps > 0 else []
+    recent, commands, opening = _shown(history, valid_commands, config, opening)
     budget = config.prompt_tokens
     # The fewest oldest history steps to drop: none (the usual case), else by bisection, since dropping more never
     # lengthens the prompt.

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import torch
 
 from priorzero.llm.loading import LanguageModel
-from priorzero.llm.prompts import build_prompt, encode_candidates
+from priorzero.llm.prompts import build_prompts, encode_candidates
 from priorzero.llm.scorer import candidate_prior, score_candidates
 
 
@@ -81,10 +81,7 @@ def prior_quality(lm: LanguageModel, llm_config, states: list[WalkthroughState],
     table = {"uniform": sum(uniform_reciprocal_rank(len(s.valid_commands)) for s in states) / max(len(states), 1)}
     for opening, show in itertools.product((True, False), (True, False)):
         config = llm_config.model_copy(update={"show_valid_commands": show, "show_opening": opening})
-        prompts = [
-            build_prompt(lm.tokenizer, s.history, s.observation, s.valid_commands, config, s.opening).token_ids
-            for s in states
-        ]
+        prompts = [prompt.token_ids for prompt in build_prompts(lm.tokenizer, states, config)]
         cands = [encode_candidates(lm.tokenizer, s.valid_commands) for s in states]
         scores = score_candidates(lm.model, prompts, cands, token_budget)
         for reduction in ("sum", "mean"):

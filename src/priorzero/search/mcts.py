@@ -285,7 +285,7 @@ def run_simulations(model: SearchModel, state: object, tree: Tree, params: Searc
 @contextmanager
 def _capturing(graph: torch.cuda.CUDAGraph, stream: torch.cuda.Stream) -> Iterator[None]:
     """Capture the block's kernels into `graph` on a side stream, as `torch.cuda.graph` does but without its
-    `gc.collect()` and `empty_cache()` before every capture: every search captures two graphs, and in a training
+    `gc.collect()` and `empty_cache()` before every capture: every search captures its graph, and in a training
     run on the H200 (a replay buffer of many Python objects to collect) captures took 0.12-0.21 s each (cProfile).
     Capture errors are thread-local, so a learner thread may run kernels of its own meanwhile."""
     stream.wait_stream(torch.cuda.current_stream(stream.device))
@@ -321,53 +321,40 @@ def _warn_eager() -> None:
 
 
 def run_simulations_graphed(model: SearchModel, state: object, tree: Tree, params: SearchParams) -> Tree:
-    """`run_simulations` with the bookkeeping captured once as two CUDA graphs and replayed every simulation, so its
-    few dozen small kernels cost one launch on each side of the model instead of one launch apiece.
+    """`run_simulations` with a whole simulation (selection, the model's step, expansion and backup) captured once
+    as a CUDA graph and replayed for every simulation after the first, so its few hundred small kernels cost one
+    launch instead of one launch apiece, and no Python runs between them.
 
-    Graphs need fixed shapes and addresses: selection scores every node slot, paths keep every column, the node
-    index lives in a device counter, and the model's outputs are copied into fixed buffers. The first simulation
-    runs eagerly (it also warms up the libraries the graphs use). Off a GPU, or when the graphs do not fit in memory
-    (`capture_or_none`), the same fixed-shape steps run eagerly, which is how the tests check them.
+    Graphs need fixed shapes and addresses: selection scores every node slot, paths keep every column, and the slot
+    of the node a simulation adds lives in a device counter, which the model is given in place of the slot's number
+    (SearchModel.recurrent_inference). The first simulation runs eagerly (it also warms up the libraries the graph
+    uses). Off a GPU, or when the graph does not fit in memory (`capture_or_none`), the same fixed-shape steps run
+    eagerly, which is how the tests check them.
     """
     tables, exploration = search_constants(tree, params)
     last = params.num_simulations
     num_nodes, width = last + 1, last  # every slot but the trash; the deepest possible leaf
+    counter = torch.ones(1, dtype=torch.long, device=tree.node_values.device)  # the node the next simulation adds
 
-    def select() -> tuple[Tensor, Tensor, Tensor]:
-        return simulate(tree, num_nodes, width, params, exploration)
+    def simulation(slot: int | Tensor) -> None:
+        parent, action, path = simulate(tree, num_nodes, width, params, exploration)
+        step = model.recurrent_inference(state, path, action, slot)
+        expand(tree, parent, action, counter, step)
+        backward(tree, counter, width, step.value, params.discount, tables)
+        counter.add_(1)
 
-    def update(parent: Tensor, action: Tensor, node: Tensor, step: RecurrentOutput) -> None:
-        expand(tree, parent, action, node, step)
-        backward(tree, node, width, step.value, params.discount, tables)
-        node.add_(1)
+    simulation(1)
 
-    parent, action, path = select()
-    first = model.recurrent_inference(state, path, action, 1)
-    counter = torch.ones(1, dtype=torch.long, device=parent.device)  # the node the next simulation adds
-    buffers = RecurrentOutput(first.reward.clone(), first.value.clone(), first.policy_logits.clone())
-    update(parent, action, counter, buffers)
+    def capture() -> torch.cuda.CUDAGraph:
+        graph = torch.cuda.CUDAGraph()
+        with _capturing(graph, torch.cuda.Stream(device=counter.device)):
+            simulation(counter)
+        return graph
 
-    def capture() -> tuple[torch.cuda.CUDAGraph, torch.cuda.CUDAGraph, tuple[Tensor, Tensor, Tensor]]:
-        selection, updating = torch.cuda.CUDAGraph(), torch.cuda.CUDAGraph()
-        stream = torch.cuda.Stream(device=parent.device)
-        with _capturing(selection, stream):
-            selected = select()  # the graph's output buffers: replay() refills them in place
-        with _capturing(updating, stream):
-            update(selected[0], selected[1], counter, buffers)
-        return selection, updating, selected
-
-    graphs = capture_or_none(capture, torch.cuda.empty_cache) if tree.node_values.device.type == "cuda" else None
-    for simulation in range(2, last + 1):
-        if graphs is not None:
-            graphs[0].replay()
-            parent, action, path = graphs[2]
+    graph = capture_or_none(capture, torch.cuda.empty_cache) if counter.device.type == "cuda" else None
+    for slot in range(2, last + 1):
+        if graph is not None:
+            graph.replay()
         else:
-            parent, action, path = select()
-        step = model.recurrent_inference(state, path, action, simulation)
-        for buffer, value in zip(buffers, step):
-            buffer.copy_(value)
-        if graphs is not None:
-            graphs[1].replay()
-        else:
-            update(parent, action, counter, buffers)
+            simulation(slot)
     return tree

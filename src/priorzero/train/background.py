@@ -4,7 +4,8 @@ One thread makes the learners' updates (each learner has `sample(buffer, rng)` a
 collecting thread plays the games. The collecting thread drives it between steps, in `Trainer.learn`:
 
     learning.owe({"wm": n})      # the updates the replay ratio owes each learner for the steps collected so far
-    done = learning.publish()    # hand the newest weights to the acting models (`on_publish`); updates they hold
+    done = learning.publish()    # hand the newest weights to the acting models (`on_publish`) unless an update is
+                                 # in flight (never waits for one); returns the updates they hold
     learning.wait({"wm": n})     # block until that many updates are done (the policy-lag bound, the end of a run)
 
 Both learners run here, the world model's and the language model's. Where the games are played decides what
@@ -72,12 +73,16 @@ class BackgroundLearner:
                 self._target[name] = max(self._target[name], total)
             self._changed.notify_all()
 
-    def publish(self) -> dict[str, int]:
-        """Give the acting models the newest weights (if newer); returns the updates they hold."""
+    def publish(self, block: bool = False) -> dict[str, int]:
+        """Give the acting models the newest weights (if newer) and return the updates they hold. While an update is
+        in flight the copy waits for it only with `block` (a language-model update takes about a second on an H200;
+        the collecting thread asks again after its next step)."""
         self._check()
-        if self.done != self.published:
-            with self._weights:
+        if self.done != self.published and self._weights.acquire(blocking=block):
+            try:
                 self._copy_weights()
+            finally:
+                self._weights.release()
         return dict(self.published)
 
     def wait(self, updates: dict[str, int], should_stop=lambda: False) -> None:
@@ -86,7 +91,7 @@ class BackgroundLearner:
         with self._changed:
             while any(self.done[n] < u for n, u in updates.items()) and self._error is None and not should_stop():
                 self._changed.wait(timeout=0.5)
-        self.publish()
+        self.publish(block=True)
 
     def take_metrics(self, name: str) -> tuple[dict[str, list[float]], float]:
         """One learner's losses since the last call, and the seconds its updates took."""

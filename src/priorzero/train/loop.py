@@ -36,7 +36,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, TypeVar
 
 import numpy as np
 import torch
@@ -54,6 +54,7 @@ from priorzero.train.evaluator import EVAL_SEED_OFFSET, AgentScore, evaluate
 from priorzero.train.rundir import RunDir, default_run_dir
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 CHECKPOINT_FORMAT = 3  # 3: records stored as columns (train/buffer.py:records_to_state)
 EXIT_INTERRUPTED = 130
@@ -162,7 +163,7 @@ class Trainer:
         self.decisions: list[Decision] = []  # this iteration's collection decisions (for the search statistics)
         self._games: PoolGames | None = None
         self._collector: EpisodeLoop | None = None
-        self._walkthrough: list | None = None
+        self._walkthrough = _in_thread(self._find_walkthrough)  # beside the games' start (Jericho lists each state)
 
     @property
     def games(self) -> PoolGames:
@@ -194,16 +195,19 @@ class Trainer:
 
     def walkthrough_metrics(self) -> dict[str, float]:
         """`walkthrough_quality` of the current prior on up to 20 states of the game's walkthrough (found once)."""
-        if self._walkthrough is None:
-            from priorzero.llm.quality import walkthrough_states
+        states = self._walkthrough()
+        # with run.cluster the driver's scorer is the model the background thread trains; on one machine it is a copy
+        with self.paused() if self.config.run.cluster is not None else contextlib.nullcontext():
+            return walkthrough_quality(self.prior, states)
 
-            try:
-                self._walkthrough = walkthrough_states(self.config.env.env_id, self.config.env, max_states=20)[0]
-            except Exception as exc:  # a game without a walkthrough, or one that cannot replay it: no metric
-                log.info("no walkthrough states for %s (%s); the prior's walkthrough quality is not measured", self.config.env.env_id, exc)
-                self._walkthrough = []
-        with self.paused():  # with run.cluster the language model may be learning in the background
-            return walkthrough_quality(self.prior, self._walkthrough)
+    def _find_walkthrough(self) -> list:
+        from priorzero.llm.quality import walkthrough_states
+
+        try:
+            return walkthrough_states(self.config.env.env_id, self.config.env, max_states=20)[0]
+        except Exception as exc:  # a game without a walkthrough, or one that cannot replay it: no metric
+            log.info("no walkthrough states for %s (%s); the prior's walkthrough quality is not measured", self.config.env.env_id, exc)
+            return []
 
     def close(self) -> None:
         if self.background is not None:
@@ -343,6 +347,29 @@ class Trainer:
             steps = record_count(episode["records"])
             log.warning("episode %d (slot %d) could not be rebuilt by replaying its commands; its %d steps are dropped", episode["index"], episode["slot"], steps)
             self.counters.dropped_steps += steps
+
+
+def _in_thread(function: Callable[[], T]) -> Callable[[], T]:
+    """Start `function` in a daemon thread (one that never holds up the process's exit); the call returned waits for
+    its result."""
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            outcome["value"] = function()
+        except BaseException as exc:  # raised again by the waiting call
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=run, name=f"priorzero-{function.__name__.strip('_')}", daemon=True)
+    thread.start()
+
+    def wait() -> T:
+        thread.join()
+        if "error" in outcome:
+            raise outcome["error"]
+        return outcome["value"]
+
+    return wait
 
 
 def owed_updates(ratio: float, env_steps: int) -> int:

@@ -4,7 +4,7 @@ language-model learner updates in place, so new weights need no transfer.
     prior = HFPrior.from_config(config.llm, device=placement.device, budget_bytes=placement.budget_bytes)
     priors = prior.prior([PriorInput(observation, valid_commands, history), ...])   # list of Tensor[K] on the CPU
 
-Each state's prompt comes from prompts.build_prompt, its commands from prompts.encode_candidates; all states are
+Each state's prompt and commands come from prior.prepare_states (prompts.build_prompts, tokenized as one batch); all states are
 scored by scorer.score_candidates in packed forward passes of at most `token_budget` tokens, and each prior is
 scorer.candidate_prior with the configured reduction and temperature. `prepare` exposes the token ids, so the
 training step can score the very same sequences with gradients.
@@ -17,8 +17,7 @@ import logging
 import torch
 
 from priorzero.llm.loading import LanguageModel, load_language_model
-from priorzero.llm.prior import PreparedState, PriorInput
-from priorzero.llm.prompts import build_prompt, encode_candidates
+from priorzero.llm.prior import PreparedState, PriorInput, prepare_states
 from priorzero.llm.scorer import PriorStats, candidate_prior, score_candidates, scores_on_host
 
 log = logging.getLogger(__name__)
@@ -85,14 +84,7 @@ class HFPrior:
         return cls(lm, llm_config, token_budget)
 
     def prepare(self, states: list[PriorInput]) -> list[PreparedState]:
-        prepared = []
-        for state in states:
-            prompt = build_prompt(
-                self.lm.tokenizer, state.history, state.observation, state.valid_commands, self.config, state.opening
-            )
-            self.stats.truncated_steps += prompt.truncated_steps
-            prepared.append(PreparedState(prompt.token_ids, encode_candidates(self.lm.tokenizer, state.valid_commands), prompt.truncated_steps))
-        return prepared
+        return prepare_states(self.lm.tokenizer, states, self.config, self.stats)
 
     def prior(self, states: list[PriorInput]) -> list[torch.Tensor]:
         """One probability vector per state, over its valid commands in their given order (float32, CPU)."""

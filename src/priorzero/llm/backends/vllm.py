@@ -31,8 +31,7 @@ import torch
 
 from priorzero.errors import UserError
 from priorzero.llm.loading import resolve_model_source
-from priorzero.llm.prior import PreparedState, PriorInput
-from priorzero.llm.prompts import build_prompt, encode_candidates
+from priorzero.llm.prior import PreparedState, PriorInput, prepare_states
 from priorzero.llm.scorer import CandidateScores, PriorStats, candidate_prior, score_candidates
 
 log = logging.getLogger(__name__)
@@ -193,14 +192,7 @@ class VLLMPrior:
         return [CandidateScores(s, torch.tensor([len(c) for c in cands])) for s, cands in zip(sums, candidates)]
 
     def prepare(self, states: Sequence[PriorInput]) -> list[PreparedState]:
-        prepared = []
-        for state in states:
-            prompt = build_prompt(
-                self.tokenizer, state.history, state.observation, state.valid_commands, self.config, state.opening
-            )
-            self.stats.truncated_steps += prompt.truncated_steps
-            prepared.append(PreparedState(prompt.token_ids, encode_candidates(self.tokenizer, state.valid_commands), prompt.truncated_steps))
-        return prepared
+        return prepare_states(self.tokenizer, states, self.config, self.stats)
 
     def prior_from_prepared(self, prepared: Sequence[PreparedState]) -> list[torch.Tensor]:
         scores = self.score([p.prompt_ids for p in prepared], [p.candidate_ids for p in prepared])
