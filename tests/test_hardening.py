@@ -335,6 +335,15 @@ def test_resume_with_one_changed_option_names_only_that_key(tmp_path):
     assert line.count(".") <= line.count("search.num_simulations") + 3  # no other key listed
 
 
+def test_speed_and_memory_settings_may_change_on_resume_what_is_learned_may_not():
+    from priorzero.train.rundir import config_differences
+
+    stored = build_config("full")
+    faster = build_config("full", overrides=["search.cuda_graphs=false", "search.cuda_graphs_max_games=64", "llm.gpu_memory=20GiB"])
+    assert config_differences(stored, faster) == []
+    assert config_differences(stored, build_config("full", overrides=["search.num_simulations=7"])) == ["search.num_simulations"]
+
+
 # ---- item 9: leftovers -------------------------------------------------------------------------------------
 
 

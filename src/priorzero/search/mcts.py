@@ -35,8 +35,8 @@ class SearchParams:
     pb_c_init: float = 1.25
     discount: float = 0.997
     min_q_spread: float = 0.01  # floor on max - min when normalising Q (LightZero's value_delta_max)
-    cuda_graphs: bool = False  # on a GPU, replay the bookkeeping (simulate, expand, backward) as two CUDA graphs
-    cuda_graphs_max_games: int = 128  # ... for searches of at most this many games (larger ones run eagerly)
+    cuda_graphs: bool = False  # on a GPU, replay each simulation (simulate, the model's step, expand, backward) as a CUDA graph
+    cuda_graphs_max_games: int = 256  # ... for searches of at most this many games (larger ones run eagerly)
     # The root (search/root.py): how the language model's prior meets the world model's, noise, the action's choice.
     prior_mode: str = "mix"  # replace, mix or adaptive (root.combine_priors)
     lm_weight: float = 0.5  # the LM prior's weight in 'mix'

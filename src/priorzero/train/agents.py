@@ -134,6 +134,14 @@ class SearchAgent:
         self.context_window = context_window
         self.prior = prior
 
+    @classmethod
+    def named(cls, name: str, world_model, encoder, config, prior: PriorModel, explore: bool) -> SearchAgent:
+        """The search agent of this name (priorzero: from the language model's prior; wm: without it), as `config`
+        (the whole Config) sets the search."""
+        if name not in ("priorzero", "wm"):
+            raise ValueError(f"no search agent is named {name!r}")
+        return cls(world_model, encoder, config.search, config.model.context_window, prior if name == "priorzero" else None, explore)
+
     def decide(self, states: list[GameState]) -> list[Decision]:
         """One batched search for `states`. On a GPU the host touches the device a fixed number of times per
         decision, not per game: inputs are built on the host and moved whole, outputs are copied back whole."""

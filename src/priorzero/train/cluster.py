@@ -202,8 +202,7 @@ class ActingModels:
         self.encoder = TextEncoder(device)
         shape = WorldModelShape.from_config(config.model, self.encoder.dim)
         self.world_model = WorldModel(shape).to(device).eval()
-        search_prior = self.prior if config.train.collect_agent == "priorzero" else None  # wm: the ablation without the LM
-        self.agent = SearchAgent(self.world_model, self.encoder, config.search, config.model.context_window, search_prior, explore=True)
+        self.agent = SearchAgent.named(config.train.collect_agent, self.world_model, self.encoder, config, self.prior, explore=True)
         self.versions: tuple[int, int] | None = None  # (lm, wm) of the loaded weights; None: none loaded yet
 
     def load(self, ref: Any) -> None:

@@ -223,9 +223,8 @@ class Trainer:
             return RandomAgent(self.config.run.seed + 17)
         if name == "llm":
             return LLMAgent(self.prior)
-        search_prior = self.prior if name == "priorzero" else None
         world_model = self.acting_world_model if explore else self.world_model
-        return SearchAgent(world_model, self.encoder, self.config.search, self.config.model.context_window, search_prior, explore)
+        return SearchAgent.named(name, world_model, self.encoder, self.config, self.prior, explore)
 
     # ---- collection and learning ----
 

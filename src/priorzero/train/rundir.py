@@ -187,6 +187,9 @@ _RESUMABLE_KEYS = {
     ("llm", "gpu_memory"),
     ("gpu", "train_memory"),
     ("train", "lm_memory_budget"),
+    # how the search runs on a GPU, not what it finds (graphs and eager give the same visits: bench mcts checks it)
+    ("search", "cuda_graphs"),
+    ("search", "cuda_graphs_max_games"),
 }
 
 
