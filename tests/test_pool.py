@@ -121,3 +121,27 @@ def test_detective_through_the_pool_with_valid_commands(jericho_dir):
         walkthrough = pool.walkthrough(0)
         result = pool.step([walkthrough[0]])[0]
         assert result.observation.valid_commands and not result.truncated
+
+
+def test_a_worker_whose_parent_went_away_ends_quietly(default_game_file, env_config):
+    """Stopped by Ctrl-C while a game opened, the parent closes its end of the pipe: the worker's first answer finds
+    no reader, and the worker ends without a traceback (it used to print BrokenPipeError)."""
+    import multiprocessing
+    import signal
+
+    from priorzero.envs.pool import _worker_main
+
+    closed = []
+
+    class ClosingGameForTests:
+        def close(self):
+            closed.append(True)
+
+    parent, child = multiprocessing.Pipe()
+    parent.close()
+    previous = signal.getsignal(signal.SIGINT)
+    try:
+        _worker_main(child, DEFAULT, env_config, lambda env_id, config: ClosingGameForTests())  # returns, raises nothing
+    finally:
+        signal.signal(signal.SIGINT, previous)  # the worker ignores Ctrl-C; this test process must not
+    assert closed == [True]

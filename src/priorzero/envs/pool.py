@@ -42,8 +42,16 @@ class PoolStats:
 
 
 def _worker_main(conn: Connection, env_id: str, env_config: EnvConfig, factory: GameFactory) -> None:
-    """A worker's whole life: open the game, then answer (method, args) requests until told to close."""
+    """A worker's whole life: open the game, then answer (method, args) requests until told to close, or until the
+    parent goes away (stopped by Ctrl-C while the game opened, say): then it ends quietly."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    try:
+        _serve(conn, env_id, env_config, factory)
+    except (EOFError, BrokenPipeError, ConnectionResetError):  # the parent's end of the pipe is closed
+        return
+
+
+def _serve(conn: Connection, env_id: str, env_config: EnvConfig, factory: GameFactory) -> None:
     try:
         game = factory(env_id, env_config)
     except UserError as exc:
@@ -52,13 +60,10 @@ def _worker_main(conn: Connection, env_id: str, env_config: EnvConfig, factory: 
     except Exception as exc:
         conn.send(("error", f"{type(exc).__name__}: {exc}"))
         return
-    conn.send(("ready", None))
     try:
+        conn.send(("ready", None))
         while True:
-            try:
-                method, args = conn.recv()
-            except EOFError:  # the parent went away
-                return
+            method, args = conn.recv()
             if method == "close":
                 return
             try:
