@@ -21,6 +21,9 @@ mkdir -p "$out"
 pz() { python3 -c 'from priorzero.cli import main; raise SystemExit(main())' "$@"; }
 nvidia-smi --query-gpu=name,memory.total,memory.used,utilization.gpu --format=csv >"$out/gpu.csv"
 git rev-parse --short HEAD >"$out/commit.txt" 2>/dev/null || true
+# the `train` command of the train, profile and spy modes (each adds its --run-dir)
+train_args=(train --preset full --env-id "${GAME:-detective.z5}" --set env.num_envs="${NUM_ENVS:-64}" --max-env-steps "${STEPS:-1500}"
+            --set train.eval_agents=[])
 
 case "${1:-}" in
 stress)
@@ -49,8 +52,7 @@ train)
   nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader,nounits -l 1 >"$out/util-$label.txt" &
   smi=$!
   start=$(date +%s.%N)
-  timeout -s INT "${TRAIN_S:-200}" python3 -c 'from priorzero.cli import main; raise SystemExit(main())' train --preset full \
-    --env-id "${GAME:-detective.z5}" --set env.num_envs="${NUM_ENVS:-64}" --max-env-steps "${STEPS:-1500}" --set train.eval_agents=[] \
+  timeout -s INT "${TRAIN_S:-200}" python3 -c 'from priorzero.cli import main; raise SystemExit(main())' "${train_args[@]}" \
     --run-dir "/tmp/pz-$label" ${EXTRA:-} >"$out/train-$label.log" 2>&1
   echo "$label: rc $? wall $(python3 -c "import time; print(round(time.time() - $start, 1))") s"
   kill "$smi"
@@ -97,8 +99,7 @@ profile)
   # where the training command's time goes: `train --preset full` under cProfile, GPU utilisation sampled each second
   nvidia-smi --query-gpu=utilization.gpu --format=csv,noheader,nounits -l 1 >"$out/util-profile.txt" &
   smi=$!
-  timeout -s INT "${TRAIN_S:-200}" python3 scripts/profile_train.py "$out/train.prof" train --preset full --env-id "${GAME:-detective.z5}" \
-    --set env.num_envs="${NUM_ENVS:-64}" --max-env-steps "${STEPS:-1500}" --set train.eval_agents=[] --run-dir "/tmp/pz-profile-$$" ${EXTRA:-} \
+  timeout -s INT "${TRAIN_S:-200}" python3 scripts/profile_train.py "$out/train.prof" "${train_args[@]}" --run-dir "/tmp/pz-profile-$$" ${EXTRA:-} \
     >"$out/profile-run.log" 2>&1
   kill "$smi"
   tail -4 "$out/profile-run.log"
@@ -111,8 +112,7 @@ spy)
   nvidia-smi --query-gpu=utilization.gpu --format=csv,noheader,nounits -l 1 >"$out/util-spy.txt" &
   smi=$!
   timeout -s INT "${TRAIN_S:-200}" py-spy record --rate "${SPY_RATE:-50}" --idle --threads --format raw -o "$out/spy.txt" -- \
-    python3 -c 'from priorzero.cli import main; raise SystemExit(main())' train --preset full --env-id "${GAME:-detective.z5}" \
-    --set env.num_envs="${NUM_ENVS:-64}" --max-env-steps "${STEPS:-1500}" --set train.eval_agents=[] --run-dir "/tmp/pz-spy-$$" ${EXTRA:-} \
+    python3 -c 'from priorzero.cli import main; raise SystemExit(main())' "${train_args[@]}" --run-dir "/tmp/pz-spy-$$" ${EXTRA:-} \
     >"$out/spy-run.log" 2>&1
   kill "$smi"
   grep -h "steps/s" "$out/spy-run.log" | tail -4

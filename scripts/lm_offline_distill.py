@@ -52,7 +52,7 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], dest="overrides")
     args = parser.parse_args()
 
-    from priorzero.config import build_config, config_to_yaml
+    from priorzero.config import build_config
     from priorzero.llm.backends.hf import HFPrior
     from priorzero.llm.prior import PriorModel
     from priorzero.llm.quality import walkthrough_states

@@ -60,7 +60,7 @@ def test_shapes_and_left_padding():
     root = model.initial_inference(**inputs, num_simulations=4)
     assert root.value.shape == (3,) and root.policy_logits.shape == (3, 7)
     assert root.state.node_kv.shape == (3, 6, 2, 2, 2, 2, 16)
-    step = model.recurrent_inference(root.state, torch.full((3, 1), -1), torch.tensor([0, 3, 6]), 1)
+    step = model.recurrent_inference(root.state, torch.full((3, 1), -1), torch.tensor([0, 3, 6]), torch.tensor([1]))
     assert step.reward.shape == (3,) and step.value.shape == (3,) and step.policy_logits.shape == (3, 7)
 
     # The same history left-padded to a longer window gives the same root.
@@ -82,9 +82,9 @@ def test_search_cache_matches_plain_recomputation():
     root = model.initial_inference(**inputs, num_simulations=3)
     # Node 1: root -a1-> ; node 2: a sibling root -a2->; node 3: node 1 -a3->.
     a1, a2, a3 = torch.tensor([1, 4]), torch.tensor([0, 2]), torch.tensor([3, 3])
-    model.recurrent_inference(root.state, torch.full((2, 1), -1), a1, 1)
-    model.recurrent_inference(root.state, torch.full((2, 1), -1), a2, 2)
-    cached = model.recurrent_inference(root.state, torch.tensor([[1, -1], [1, -1]]), a3, 3)
+    model.recurrent_inference(root.state, torch.full((2, 1), -1), a1, torch.tensor([1]))
+    model.recurrent_inference(root.state, torch.full((2, 1), -1), a2, torch.tensor([2]))
+    cached = model.recurrent_inference(root.state, torch.tensor([[1, -1], [1, -1]]), a3, torch.tensor([3]))
 
     with torch.no_grad():
         latents = model.encode_observation(inputs["observations"])
@@ -110,22 +110,6 @@ def test_search_cache_matches_plain_recomputation():
         assert torch.allclose(cached.value, logits_to_scalar(model.value_head(at_latent), support), atol=1e-10)
         keys = model.policy_key(candidates)
         assert torch.allclose(cached.policy_logits, model._policy_logits(at_latent, keys), atol=1e-10)
-
-
-def test_the_node_slot_as_a_device_counter_stores_what_the_number_stores():
-    """A search replayed as a CUDA graph names the new node's slot by a [1] tensor; the cache and outputs are those of
-    the same slot given as a number."""
-    torch.manual_seed(0)
-    model = WorldModel(SMALL).double().eval()
-    inputs = root_inputs(torch.Generator().manual_seed(3), batch=2, window=2, candidates=5, dtype=torch.float64)
-    by_number, by_tensor = (model.initial_inference(**inputs, num_simulations=3) for _ in range(2))
-    steps = [(torch.full((2, 2), -1), torch.tensor([1, 4]), 1), (torch.tensor([[1, -1], [1, -1]]), torch.tensor([3, 3]), 2)]
-    for path, action, slot in steps:
-        a = model.recurrent_inference(by_number.state, path, action, slot)
-        b = model.recurrent_inference(by_tensor.state, path, action, torch.tensor([slot]))
-        assert all(torch.equal(x, y) for x, y in zip(a, b))
-    assert torch.equal(by_number.state.node_kv, by_tensor.state.node_kv)
-    assert by_number.state.node_kv[:, 1:3].abs().sum(dim=(0, 2, 3, 4, 5, 6)).min() > 0  # both slots written
 
 
 def synthetic_batch(generator: torch.Generator, batch=4, steps=5, candidates=6) -> WorldModelBatch:

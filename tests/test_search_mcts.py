@@ -40,8 +40,9 @@ class FakeTableModel:
         logits = torch.tensor([o[2] for o in outputs], dtype=torch.float64)
         return RootOutput(value, logits, state=[{0: ()} for _ in range(batch)])
 
-    def recurrent_inference(self, state, path, action, node_index) -> RecurrentOutput:
+    def recurrent_inference(self, state, path, action, node) -> RecurrentOutput:
         self.calls += 1
+        node_index = int(node)  # the search's device counter (a CPU tensor here)
         outputs = []
         for game, (nodes, act) in enumerate(zip(path.tolist(), action.tolist())):
             below_root = [n for n in nodes if n >= 0]

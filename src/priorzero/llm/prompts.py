@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from priorzero.errors import UserError
+from priorzero.llm.prior import PriorInput
 
 INSTRUCTIONS = (
     "You are playing a text adventure game. Read the game's latest output and choose the single best command "
@@ -115,18 +116,17 @@ def _shown(history, valid_commands, config, opening):
     return recent, commands, opening
 
 
-def build_prompts(tokenizer, states: Sequence, config) -> list[PromptResult]:
-    """`build_prompt` for many states (each with .history, .observation, .valid_commands, .opening), the same ids:
-    every full prompt is tokenized in one batched call, and only those over the budget are shortened one by one."""
-    messages = []
-    for s in states:
-        recent, commands, opening = _shown(s.history, s.valid_commands, config, s.opening)
-        messages.append(_user_message(recent, s.observation, commands, opening))
-    full = _encode_all(tokenizer, messages)
+def build_prompts(tokenizer, states: Sequence[PriorInput], config) -> list[PromptResult]:
+    """Each state's prompt ids within `config.prompt_tokens`; `config` is an LLMConfig (history_steps, prompt_tokens,
+    show_valid_commands, show_opening). A state's valid commands are left out when show_valid_commands is off, its
+    opening (the episode's first observation; empty while it is still the current one) when show_opening is off.
+    Every full prompt is tokenized in one batched call; only those over the budget are shortened, one by one."""
+    shown = [_shown(s.history, s.valid_commands, config, s.opening) for s in states]
+    full = _encode_all(tokenizer, [_user_message(recent, s.observation, commands, opening) for s, (recent, commands, opening) in zip(states, shown)])
     return [
         PromptResult(ids, truncated_steps=0) if len(ids) <= config.prompt_tokens
-        else build_prompt(tokenizer, s.history, s.observation, s.valid_commands, config, s.opening)
-        for s, ids in zip(states, full)
+        else _shortened(tokenizer, recent, s.observation, commands, opening, config.prompt_tokens)
+        for s, (recent, commands, opening), ids in zip(states, shown, full)
     ]  # fmt: skip
 
 
@@ -138,16 +138,13 @@ def build_prompt(
     config,
     opening: str = "",
 ) -> PromptResult:
-    """The prompt's token ids within `config.prompt_tokens`; `config` is an LLMConfig (history_steps, prompt_tokens,
-    show_valid_commands, show_opening). `valid_commands` is ignored when show_valid_commands is off, `opening` (the
-    episode's first observation; empty while it is still the current one) when show_opening is off."""
-    recent, commands, opening = _shown(history, valid_commands, config, opening)
-    budget = config.prompt_tokens
-    # The fewest oldest history steps to drop: none (the usual case), else by bisection, since dropping more never
-    # lengthens the prompt.
-    ids = _encode(tokenizer, _user_message(recent, observation_text, commands, opening))
-    if len(ids) <= budget:
-        return PromptResult(ids, truncated_steps=0)
+    """`build_prompts` for one state."""
+    return build_prompts(tokenizer, [PriorInput(observation_text, valid_commands, history, opening)], config)[0]
+
+
+def _shortened(tokenizer, recent, observation_text: str, commands, opening: str, budget: int) -> PromptResult:
+    """The prompt of a state whose full prompt is over `budget`: the fewest oldest history steps dropped, found by
+    bisection (dropping more never lengthens the prompt); then the opening's end, then the observation's start."""
     fits: dict[int, list[int]] = {}
     low, high = 1, len(recent)  # the answer is in [low, high], or none fits when even `high` does not
     while low <= high:

@@ -221,7 +221,7 @@ class WorldModel(nn.Module):
         return RootOutput(value, self._policy_logits(root_hidden, candidate_keys), state)
 
     @torch.no_grad()
-    def recurrent_inference(self, state: SearchState, path: Tensor, action: Tensor, node_index: int | Tensor) -> RecurrentOutput:
+    def recurrent_inference(self, state: SearchState, path: Tensor, action: Tensor, node: Tensor) -> RecurrentOutput:
         """One step below the tree for every game (see SearchModel.recurrent_inference): two single-token passes,
         the action token (reward, next latent) and then the predicted latent's token (value, policy)."""
         batch, depth_slots = path.shape
@@ -246,10 +246,7 @@ class WorldModel(nn.Module):
         latent_hidden = latent_hidden[:, 0]
 
         node_kv = torch.cat([action_kv, latent_kv], dim=4).permute(2, 0, 1, 4, 3, 5)  # [B, L, 2, 2, H, Dh]
-        if isinstance(node_index, Tensor):  # a device counter (a search replayed as a CUDA graph)
-            state.node_kv.index_copy_(1, node_index, node_kv.unsqueeze(1))
-        else:
-            state.node_kv[:, node_index] = node_kv
+        state.node_kv.index_copy_(1, node, node_kv.unsqueeze(1))  # read on the device only: a graph can replay it
         support = self.shape.support_size
         return RecurrentOutput(
             reward=logits_to_scalar(self.reward_head(action_hidden), support),

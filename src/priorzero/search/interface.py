@@ -24,10 +24,10 @@ class RecurrentOutput(NamedTuple):
 
 
 class SearchModel(Protocol):
-    def recurrent_inference(self, state: Any, path: Tensor, action: Tensor, node_index: int | Tensor) -> RecurrentOutput:
-        """Step every game from its selected leaf's parent by `action`, storing the new node in slot `node_index`:
-        a number, or (in a search replayed as a CUDA graph, search.mcts:run_simulations_graphed) a [1] long tensor on
-        the model's device that holds it, to be read on the device only.
+    def recurrent_inference(self, state: Any, path: Tensor, action: Tensor, node: Tensor) -> RecurrentOutput:
+        """Step every game from its selected leaf's parent by `action`, storing the new node in the slot `node` holds:
+        a [1] long tensor on the model's device, the search's node counter, to be read on the device only (a search
+        replayed as a CUDA graph, search.mcts:run_simulations_graphed, changes no host value between replays).
 
         path: [B, D] long, the nodes from depth 1 down to the parent (the root, node 0, is implicit), padded with -1;
         the parent is the last non-negative entry, or the root where there is none. action: [B] long.

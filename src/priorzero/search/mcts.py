@@ -274,7 +274,7 @@ def run_simulations(model: SearchModel, state: object, tree: Tree, params: Searc
     for simulation in range(1, params.num_simulations + 1):
         width = depth_bound.max_steps(simulation)
         parent, action, path = simulate(tree, simulation, width, params, exploration)
-        step = model.recurrent_inference(state, path, action, simulation)
+        step = model.recurrent_inference(state, path, action, node)
         expand(tree, parent, action, node, step)
         backward(tree, node, width, step.value, params.discount, tables)
         depth_bound.record(simulation, tree.node_depth[:, simulation])
@@ -326,8 +326,8 @@ def run_simulations_graphed(model: SearchModel, state: object, tree: Tree, param
     launch instead of one launch apiece, and no Python runs between them.
 
     Graphs need fixed shapes and addresses: selection scores every node slot, paths keep every column, and the slot
-    of the node a simulation adds lives in a device counter, which the model is given in place of the slot's number
-    (SearchModel.recurrent_inference). The first simulation runs eagerly (it also warms up the libraries the graph
+    of the node a simulation adds lives in a device counter (SearchModel.recurrent_inference reads it there, as the
+    eager search's model does). The first simulation runs eagerly (it also warms up the libraries the graph
     uses). Off a GPU, or when the graph does not fit in memory (`capture_or_none`), the same fixed-shape steps run
     eagerly, which is how the tests check them.
     """
@@ -336,25 +336,25 @@ def run_simulations_graphed(model: SearchModel, state: object, tree: Tree, param
     num_nodes, width = last + 1, last  # every slot but the trash; the deepest possible leaf
     counter = torch.ones(1, dtype=torch.long, device=tree.node_values.device)  # the node the next simulation adds
 
-    def simulation(slot: int | Tensor) -> None:
+    def simulation() -> None:
         parent, action, path = simulate(tree, num_nodes, width, params, exploration)
-        step = model.recurrent_inference(state, path, action, slot)
+        step = model.recurrent_inference(state, path, action, counter)
         expand(tree, parent, action, counter, step)
         backward(tree, counter, width, step.value, params.discount, tables)
         counter.add_(1)
 
-    simulation(1)
+    simulation()
 
     def capture() -> torch.cuda.CUDAGraph:
         graph = torch.cuda.CUDAGraph()
         with _capturing(graph, torch.cuda.Stream(device=counter.device)):
-            simulation(counter)
+            simulation()
         return graph
 
     graph = capture_or_none(capture, torch.cuda.empty_cache) if counter.device.type == "cuda" else None
-    for slot in range(2, last + 1):
+    for _ in range(2, last + 1):
         if graph is not None:
             graph.replay()
         else:
-            simulation(slot)
+            simulation()
     return tree

@@ -33,6 +33,7 @@ import signal
 import statistics
 import threading
 import time
+from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -195,7 +196,7 @@ class Trainer:
 
     def walkthrough_metrics(self) -> dict[str, float]:
         """`walkthrough_quality` of the current prior on up to 20 states of the game's walkthrough (found once)."""
-        states = self._walkthrough()
+        states = self._walkthrough.result()
         # with run.cluster the driver's scorer is the model the background thread trains; on one machine it is a copy
         with self.paused() if self.config.run.cluster is not None else contextlib.nullcontext():
             return walkthrough_quality(self.prior, states)
@@ -348,27 +349,19 @@ class Trainer:
             self.counters.dropped_steps += steps
 
 
-def _in_thread(function: Callable[[], T]) -> Callable[[], T]:
-    """Start `function` in a daemon thread (one that never holds up the process's exit); the call returned waits for
-    its result."""
-    outcome: dict[str, Any] = {}
+def _in_thread(function: Callable[[], T]) -> Future[T]:
+    """`function`'s result, computed in a daemon thread: an executor's worker would hold up the process's exit (a
+    Ctrl-C at start-up) until it finished."""
+    future: Future[T] = Future()
 
     def run() -> None:
         try:
-            outcome["value"] = function()
-        except BaseException as exc:  # raised again by the waiting call
-            outcome["error"] = exc
+            future.set_result(function())
+        except BaseException as exc:  # raised again by future.result()
+            future.set_exception(exc)
 
-    thread = threading.Thread(target=run, name=f"priorzero-{function.__name__.strip('_')}", daemon=True)
-    thread.start()
-
-    def wait() -> T:
-        thread.join()
-        if "error" in outcome:
-            raise outcome["error"]
-        return outcome["value"]
-
-    return wait
+    threading.Thread(target=run, name=f"priorzero-{function.__name__.strip('_')}", daemon=True).start()
+    return future
 
 
 def owed_updates(ratio: float, env_steps: int) -> int:
