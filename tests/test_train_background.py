@@ -1,64 +1,95 @@
-"""The background learner (train/background.py): one thread keeps several learners at their replay ratios, a
-weight copy never sees half an update, and an error in the thread reaches the collecting thread."""
+"""The background learner (train/background.py): each learner keeps its replay ratio in a thread of its own (a long
+update of one never holds up the other), a weight copy never sees half an update and never waits for more than an
+optimiser's step, and an error in a thread reaches the collecting thread."""
 
 import threading
 import time
 
 import numpy as np
 import pytest
+import torch
 
 from priorzero.train.background import BackgroundLearner
 from priorzero.train.buffer import ReplayBuffer
 
 
 class FakeCountingLearner:
-    """Stands in for WMLearner/LMLearner: records the order of its steps and whether a copy ran during one."""
+    """Stands in for WMLearner/LMLearner: records its steps and whether a copy ran while it wrote its weights."""
+
+    device = torch.device("cpu")
 
     def __init__(self, name: str, log: list[str], fail_at: int | None = None) -> None:
-        self.name, self.log, self.fail_at, self.in_step = name, log, fail_at, False
+        self.name, self.log, self.fail_at, self.writing = name, log, fail_at, False
 
     def sample(self, buffer, rng):
         return self.name
 
-    def step(self, batch):
-        self.in_step = True
+    def step(self, batch, writing):
         if self.fail_at is not None and len(self.log) == self.fail_at:
             raise ValueError("boom")
-        self.log.append(batch)
-        self.in_step = False
+        time.sleep(0.002)  # the forward and backward passes read the weights
+        with writing:
+            self.writing = True
+            self.log.append(batch)
+            time.sleep(0.0005)
+            self.writing = False
         return {"loss": 1.0}
+
+
+class FakeHeldLearner:
+    """A learner whose every update reads its weights (forward and backward) until the test gives it a permit, then
+    writes them: an update in flight for as long as the test likes."""
+
+    device = torch.device("cpu")
+
+    def __init__(self) -> None:
+        self.permits, self.steps_entered = threading.Semaphore(0), threading.Semaphore(0)
+
+    def sample(self, buffer, rng):
+        return None
+
+    def step(self, batch, writing):
+        self.steps_entered.release()
+        assert self.permits.acquire(timeout=10)
+        with writing:
+            pass
+        return {}
 
 
 def make(learners, on_publish=None):
     return BackgroundLearner(learners, {name: 0 for name in learners}, ReplayBuffer(100, 10), threading.Lock(), np.random.default_rng(0), on_publish)
 
 
-def test_both_learners_reach_their_targets_the_one_furthest_behind_first():
+def test_both_learners_reach_their_targets():
     log: list[str] = []
     background = make({"wm": FakeCountingLearner("wm", log), "lm": FakeCountingLearner("lm", log)})
     try:
         background.wait({"wm": 4, "lm": 2})
         assert background.done == {"wm": 4, "lm": 2}
-        # shares done: each step goes to the learner with the smaller done/target
-        assert log == ["lm", "wm", "wm", "lm", "wm", "wm"]
+        assert sorted(log) == ["lm"] * 2 + ["wm"] * 4
         metrics, seconds = background.take_metrics("wm")
         assert metrics == {"loss": [1.0] * 4} and seconds >= 0
         assert background.take_metrics("wm") == ({}, 0.0)
+        background.wait({"wm": 6})  # owing one learner more leaves the other where it is
+        assert background.done == {"wm": 6, "lm": 2}
     finally:
         background.close()
 
 
-def test_publish_copies_between_updates_and_reports_the_updates_held():
+def test_publish_copies_between_optimiser_steps_and_reports_the_updates_held():
     log: list[str] = []
     learner = FakeCountingLearner("wm", log)
     copies: list[bool] = []
-    background = make({"wm": learner}, on_publish=lambda: copies.append(learner.in_step))
+    background = make({"wm": learner}, on_publish=lambda name: copies.append(learner.writing))
     try:
-        background.owe({"wm": 50})
-        held = [background.publish()["wm"] for _ in range(20)]
-        background.wait({"wm": 50})
-        assert background.publish() == {"wm": 50}
-        assert held == sorted(held) and not any(copies)  # never inside a step
+        background.owe({"wm": 200})
+        held = []
+        while background.done["wm"] < 200:
+            held.append(background.publish()["wm"])
+        background.wait({"wm": 200})
+        assert background.publish() == {"wm": 200}
+        assert held == sorted(held) and not any(copies)  # never while the weights change
+        assert len(copies) > 10  # a learner that is always busy still gets copied from
     finally:
         background.close()
 
@@ -74,37 +105,54 @@ def test_an_error_in_the_thread_is_raised_in_the_caller():
         background.close()
 
 
-class FakeHeldLearner:
-    """A learner whose every step waits for a permit from the test: an update in flight for as long as it likes."""
-
-    def __init__(self) -> None:
-        self.permits, self.steps_entered = threading.Semaphore(0), threading.Semaphore(0)
-
-    def sample(self, buffer, rng):
-        return None
-
-    def step(self, batch):
-        self.steps_entered.release()
-        assert self.permits.acquire(timeout=10)
-        return {}
-
-
-def test_publish_does_not_wait_for_an_update_in_flight_unless_asked():
+def test_publish_copies_while_an_update_reads_its_weights():
+    """The language model's update takes about a second: the copy of the one before need not wait for it."""
     learner = FakeHeldLearner()
     copies: list[dict[str, int]] = []
     background = make({"lm": learner})
-    background.on_publish = lambda: copies.append(dict(background.done))
+    background.on_publish = lambda name: copies.append({name: background.done[name]})
     try:
         background.owe({"lm": 2})
         assert learner.steps_entered.acquire(timeout=10)
         learner.permits.release()  # the first update finishes ...
         assert learner.steps_entered.acquire(timeout=10)  # ... and the second is in flight
         started = time.perf_counter()
-        assert background.publish() == {"lm": 0}  # one newer update, but the copy would wait: not now
-        assert time.perf_counter() - started < 1 and copies == []
+        assert background.publish() == {"lm": 1}  # the first one's weights, at once
+        assert time.perf_counter() - started < 1 and copies == [{"lm": 1}]
         learner.permits.release()
-        background.wait({"lm": 2})  # waits for the updates, then copies them
-        assert background.published == {"lm": 2} and copies == [{"lm": 2}]
+        background.wait({"lm": 2})
+        assert background.published == {"lm": 2} and copies == [{"lm": 1}, {"lm": 2}]
     finally:
         learner.permits.release()
+        background.close()
+
+
+def test_a_long_update_of_one_learner_does_not_hold_up_the_other_but_holds_paused():
+    log: list[str] = []
+    held = FakeHeldLearner()
+    copied: list[str] = []
+    background = make({"wm": FakeCountingLearner("wm", log), "lm": held}, on_publish=copied.append)
+    try:
+        background.owe({"lm": 1})
+        assert held.steps_entered.acquire(timeout=10)  # the language model's update is in flight ...
+        copied.clear()
+        background.wait({"wm": 5})  # ... while the world model makes five and its weights are copied
+        assert background.done == {"wm": 5, "lm": 0} and background.published == {"wm": 5, "lm": 0}
+        assert copied == ["wm"]
+        paused = threading.Event()
+
+        def pause() -> None:
+            with background.paused():
+                paused.set()
+
+        pauser = threading.Thread(target=pause)
+        pauser.start()
+        assert not paused.wait(timeout=0.3)  # paused() waits for the whole update in flight ...
+        held.permits.release()
+        pauser.join(timeout=10)
+        assert paused.is_set()  # ... and no longer
+        background.wait({"lm": 1})
+        assert background.published == {"wm": 5, "lm": 1}
+    finally:
+        held.permits.release()
         background.close()

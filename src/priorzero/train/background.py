@@ -1,46 +1,57 @@
 """Learning beside collection (`train.max_policy_lag` > 0).
 
-One thread makes the learners' updates (each learner has `sample(buffer, rng)` and `step(batch)`) while the
-collecting thread plays the games. The collecting thread drives it between steps, in `Trainer.learn`:
+Each learner (`sample(buffer, rng)`, `step(batch)`, `device`) makes its updates in a thread of its own while the
+collecting thread plays the games, so the language model's long updates (about a second each on an H200) never hold
+up the world model's short ones. The collecting thread drives them between steps, in `Trainer.learn`:
 
     learning.owe({"wm": n})      # the updates the replay ratio owes each learner for the steps collected so far
-    done = learning.publish()    # hand the newest weights to the acting models (`on_publish`) unless an update is
-                                 # in flight (never waits for one); returns the updates they hold
+    done = learning.publish()    # hand the newest weights to the acting models (`on_publish(name)`) unless an
+                                 # update is in flight (never waits for one); returns the updates they hold
     learning.wait({"wm": n})     # block until that many updates are done (the policy-lag bound, the end of a run)
 
-Both learners run here, the world model's and the language model's. Where the games are played decides what
-`on_publish` does:
+Where the games are played decides what `on_publish` does:
 - on this machine (`PoolGames`): the collection searches with `acting`, a copy of the world model, and scores with
   copies of the language model (start-up loads the trainable model apart from the scorers:
-  llm/startup.py:learns_beside_collection); `on_publish` gives the copies the learners' weights;
+  llm/startup.py:learns_beside_collection); `on_publish(name)` gives that learner's copies its weights;
 - on a Ray cluster (train/cluster.py): the collector actors search and score with copies of their own, so nothing
   on this machine acts with the learners' models and there is nothing to refresh. The cluster takes its weights
   inside `paused()`.
 
-When several learners owe updates, the thread makes the update of the one furthest behind its target (by the
-share of the target done), so both keep pace with their ratios. The thread samples the replay buffer under
-`buffer_lock`, which the collecting thread holds while it adds episodes; an update and a weight copy exclude each
-other (`_weights`), so no copy ever holds half an update. `paused()` holds the thread between updates
-(checkpoints and weight copies read the learners' state). An error in the thread is raised again in the
-collecting thread at its next call.
+The threads sample the replay buffer under `buffer_lock`, which the collecting thread holds while it adds episodes
+(so the shared `rng` is drawn from by one thread at a time). An update reads its weights for most of its time (the
+forward and backward passes) and writes them only in its optimiser's step, which it makes inside the `writing`
+block it is given (`step(batch, writing)`); a copy of the weights excludes only that block, so no copy ever holds
+half an update and none waits for more than an optimiser's step (a copy that had to wait for a whole update would
+hardly ever find a learner that is always busy between two). `paused()` holds every thread between whole updates
+(checkpoints read the learners' models and optimisers). An error in a thread is raised again in the collecting
+thread at its next call.
+
+On a GPU each thread queues its work on a CUDA stream of its own, so an update neither waits behind nor delays
+what the collecting thread has queued (the search's graphs, the prior's forward passes). The `writing` block ends
+with the learner's stream synchronised, so the new weights are whole on every stream once it is left; a copy
+records an event on the copying stream that the learner's next optimiser step waits for.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from typing import Any, Callable, Iterator, Protocol
 
 import numpy as np
+import torch
 
 from priorzero.train.buffer import ReplayBuffer
 
 
 class Learner(Protocol):
+    device: torch.device
+
     def sample(self, buffer: ReplayBuffer, rng: np.random.Generator) -> Any: ...
 
-    def step(self, batch: Any) -> dict[str, float]: ...
+    def step(self, batch: Any, writing: AbstractContextManager) -> dict[str, float]:
+        """One update; its optimiser's step (every write to the weights) inside `writing`."""
 
 
 class BackgroundLearner:
@@ -51,7 +62,7 @@ class BackgroundLearner:
         buffer: ReplayBuffer,
         buffer_lock: threading.Lock,
         rng: np.random.Generator,
-        on_publish: Callable[[], None] | None = None,
+        on_publish: Callable[[str], None] | None = None,
     ) -> None:
         self.learners, self.buffer, self.buffer_lock, self.rng, self.on_publish = learners, buffer, buffer_lock, rng, on_publish
         self.done = dict(done)  # updates finished per learner (its version)
@@ -62,10 +73,14 @@ class BackgroundLearner:
         self._error: BaseException | None = None
         self._closed = False
         self._changed = threading.Condition()
-        self._weights = threading.Lock()
-        self._copy_weights()
-        self._thread = threading.Thread(target=self._run, name="priorzero-learner", daemon=True)
-        self._thread.start()
+        self._updating = {name: threading.Lock() for name in learners}  # a whole update, or paused()
+        self._writing = {name: threading.Lock() for name in learners}  # an optimiser's step, or a copy of the weights
+        self._copied: dict[str, torch.cuda.Event | None] = dict.fromkeys(learners)  # the last copy, on its stream
+        for name in learners:
+            self._copy_weights(name)
+        self._threads = [threading.Thread(target=self._run, args=(name,), name=f"priorzero-learner-{name}", daemon=True) for name in learners]
+        for thread in self._threads:
+            thread.start()
 
     def owe(self, totals: dict[str, int]) -> None:
         with self._changed:
@@ -74,15 +89,16 @@ class BackgroundLearner:
             self._changed.notify_all()
 
     def publish(self, block: bool = False) -> dict[str, int]:
-        """Give the acting models the newest weights (if newer) and return the updates they hold. While an update is
-        in flight the copy waits for it only with `block` (a language-model update takes about a second on an H200;
-        the collecting thread asks again after its next step)."""
+        """Give the acting models each learner's newest weights (if newer) and return the updates they hold. While
+        that learner's optimiser is stepping its copy waits for it only with `block` (the collecting thread asks
+        again after its next step)."""
         self._check()
-        if self.done != self.published and self._weights.acquire(blocking=block):
-            try:
-                self._copy_weights()
-            finally:
-                self._weights.release()
+        for name, lock in self._writing.items():
+            if self.done[name] != self.published[name] and lock.acquire(blocking=block):
+                try:
+                    self._copy_weights(name)
+                finally:
+                    lock.release()
         return dict(self.published)
 
     def wait(self, updates: dict[str, int], should_stop=lambda: False) -> None:
@@ -103,49 +119,68 @@ class BackgroundLearner:
     @contextmanager
     def paused(self) -> Iterator[None]:
         """No update runs inside the block: the learners' models and optimisers are whole."""
-        with self._weights:
+        with ExitStack() as stack:
+            for name in sorted(self._updating):  # one order everywhere: no two callers hold one lock each
+                stack.enter_context(self._updating[name])
             yield
 
     def close(self) -> None:
         with self._changed:
             self._closed = True
             self._changed.notify_all()
-        self._thread.join()
+        for thread in self._threads:
+            thread.join()
 
-    def _copy_weights(self) -> None:
+    def _copy_weights(self, name: str) -> None:
+        """Call holding the learner's writing lock (or before its thread starts)."""
         if self.on_publish is not None:
-            self.on_publish()
-        self.published = dict(self.done)
+            self.on_publish(name)
+            if self.learners[name].device.type == "cuda":
+                self._copied[name] = torch.cuda.Event()
+                self._copied[name].record()  # on the copying thread's stream
+        self.published[name] = self.done[name]
 
     def _check(self) -> None:
         if self._error is not None:
-            raise RuntimeError("the learner thread failed") from self._error
+            raise RuntimeError("a learner thread failed") from self._error
 
-    def _next(self) -> str | None:
-        """The learner furthest behind its target, or None when all are done (call holding `_changed`)."""
-        behind = [(self.done[n] / self._target[n], n) for n in self.learners if self.done[n] < self._target[n]]
-        return min(behind)[1] if behind else None
+    @contextmanager
+    def _write(self, name: str, stream: torch.cuda.Stream | None) -> Iterator[None]:
+        """Around a learner's optimiser step: no copy of its weights meanwhile, and the new version counted before
+        any copy can take it."""
+        with self._writing[name]:
+            if self._copied[name] is not None:
+                stream.wait_event(self._copied[name])  # the last copy has read the weights
+            yield
+            if stream is not None:
+                stream.synchronize()  # whole on every stream before the lock goes
+            with self._changed:
+                self.done[name] += 1
 
-    def _run(self) -> None:
+    def _run(self, name: str) -> None:
+        learner = self.learners[name]
+        stream = torch.cuda.Stream(learner.device) if learner.device.type == "cuda" else None
         try:
-            while True:
-                with self._changed:
-                    while not self._closed and (name := self._next()) is None:
-                        self._changed.wait()
-                    if self._closed:
-                        return
-                start = time.perf_counter()
-                learner = self.learners[name]
-                with self.buffer_lock:
-                    batch = learner.sample(self.buffer, self.rng)
-                with self._weights:
-                    metrics = learner.step(batch)
-                with self._changed:
-                    self.done[name] += 1
-                    self._seconds[name] += time.perf_counter() - start
-                    for key, value in metrics.items():
-                        self._metrics[name].setdefault(key, []).append(value)
-                    self._changed.notify_all()
+            with torch.cuda.stream(stream):  # no-op for None
+                while True:
+                    with self._changed:
+                        while not self._closed and self.done[name] >= self._target[name]:
+                            self._changed.wait()
+                        if self._closed:
+                            return
+                        before = self.done[name]
+                    start = time.perf_counter()
+                    with self.buffer_lock:
+                        batch = learner.sample(self.buffer, self.rng)
+                    with self._updating[name]:
+                        metrics = learner.step(batch, self._write(name, stream))
+                    with self._changed:
+                        if self.done[name] == before:  # an update with nothing to learn from writes nothing
+                            self.done[name] += 1
+                        self._seconds[name] += time.perf_counter() - start
+                        for key, value in metrics.items():
+                            self._metrics[name].setdefault(key, []).append(value)
+                        self._changed.notify_all()
         except BaseException as exc:  # raised again in the collecting thread
             with self._changed:
                 self._error = exc

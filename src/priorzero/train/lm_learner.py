@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import copy
 import logging
-from contextlib import contextmanager
+import threading
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
@@ -83,17 +84,20 @@ class LMLearner:
         for replica in replicas:
             replica.receive_weights(model, prior.version)  # the adapter's initial weights, so that all score alike
         self.parameters = [p for p in model.parameters() if p.requires_grad]
+        self.device = self.parameters[0].device
         self.optimizer = torch.optim.AdamW(self.parameters, lr=train_config.lm_lr)
         self.micro_batch = train_config.lm_micro_batch
         self.budget_bytes = parse_size(train_config.lm_memory_budget) if train_config.lm_memory_budget else None
         self.activation_plan = ActivationPlan.for_model(model.get_base_model() if self._initial is None else model)
         self.oom_retries = 0
+        self._adapter_off = threading.Lock()  # held while the LoRA adapter is disabled for the initial model's scores
 
     @contextmanager
     def _initial_model(self) -> Iterator[None]:
-        """Score with the initial weights inside this block."""
+        """Score with the initial weights inside this block (deferred: a publish's drift check, which scores with the
+        trained model, waits for the adapter to be on again)."""
         if self._initial is None:
-            with self.prior.trainable.model.disable_adapter():
+            with self._adapter_off, self.prior.trainable.model.disable_adapter():
                 yield
         else:
             with self.prior.scoring_with(self._initial):
@@ -107,8 +111,9 @@ class LMLearner:
         """`lm_batch_size` steps, uniform over stored steps."""
         return [segment.records[position] for segment, position in buffer.sample_steps(self.config.lm_batch_size, rng)]
 
-    def step(self, records: list[StepRecord]) -> dict[str, float]:
-        """One optimiser step on these records, in micro-batches of at most `micro_batch`."""
+    def step(self, records: list[StepRecord], writing: AbstractContextManager = nullcontext()) -> dict[str, float]:
+        """One optimiser step on these records, in micro-batches of at most `micro_batch` (the weights, their version
+        and the drift states change only inside `writing`: train/background.py)."""
         records = [r for r in records if len(r.commands) > 1 and r.visit_counts]  # one command teaches nothing
         if not records:
             return {}
@@ -119,10 +124,11 @@ class LMLearner:
             self.oom_retries += 1
             self.micro_batch = used
         metrics["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.parameters, self.config.grad_clip))
-        self.optimizer.step()
+        with writing:
+            self.optimizer.step()
+            self.updates += 1
+            self._drift_states = [PreparedState(r.prompt_ids, self.prior.candidate_ids(r.commands), 0) for r in records[: self.DRIFT_STATES]]
         self.optimizer.zero_grad(set_to_none=True)
-        self.updates += 1
-        self._drift_states = [PreparedState(r.prompt_ids, self.prior.candidate_ids(r.commands), 0) for r in records[: self.DRIFT_STATES]]
         metrics["micro_batch"] = float(self.micro_batch)
         if not self.deferred:
             self.publish()
@@ -133,7 +139,8 @@ class LMLearner:
     def publish(self) -> None:
         """The scorers take the learner's weights, if they hold older ones."""
         if self.prior.version != self.updates:
-            self.prior.weights_updated(self._drift_states, self.updates)
+            with self._adapter_off:
+                self.prior.weights_updated(self._drift_states, self.updates)
 
     def _zero_grad(self) -> None:
         self.optimizer.zero_grad(set_to_none=True)

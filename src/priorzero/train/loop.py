@@ -295,11 +295,11 @@ class Trainer:
             metrics.setdefault(f"time/learn_{prefix}_s", []).append(seconds)
             metrics.setdefault(f"{prefix}/policy_lag", []).append(float(owed[prefix] - published[prefix]))
 
-    def _publish(self) -> None:
-        """The acting models take the learners' weights (called by the background learner between its updates)."""
-        if self.acting_world_model is not self.world_model:
+    def _publish(self, learner: str) -> None:
+        """The acting models take one learner's weights (called by the background learner between its updates)."""
+        if learner == "wm" and self.acting_world_model is not self.world_model:
             self.acting_world_model.load_state_dict(self.world_model.state_dict())
-        if self.lm_learner is not None:
+        if learner == "lm":
             self.lm_learner.publish()  # nothing to do where it publishes after each step itself
 
     def paused(self):
