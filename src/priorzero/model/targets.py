@@ -78,24 +78,22 @@ def make_batch(
             next_mask[b][t] = next_known
             if next_known and is_last:
                 observation_ids[b][t + 1] = index(following[b])
-    device = torch.device(device)
+    count_tensor = torch.tensor(lengths, dtype=torch.long)
+    candidate_mask = torch.arange(width) < count_tensor.unsqueeze(-1)
 
-    def moved(values, dtype) -> torch.Tensor:
-        """To the device without waiting: a copy from pageable memory would first wait for the whole stream."""
-        tensor = torch.tensor(values, dtype=dtype)
-        return tensor.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else tensor
-
+    # pageable copies, not pinned non-blocking ones: a pinned allocation in a learner thread while the collecting
+    # thread captures the search's CUDA graph broke the capture (H100, torch 2.11); on the learner's own stream
+    # (train/background.py) a pageable copy waits only for the learner's own work
     embeddings = encoder.encode(list(texts)).to(device)
     table = torch.cat([embeddings.new_zeros(1, embeddings.shape[1]), embeddings])
-    counts = moved(lengths, torch.long)
     return WorldModelBatch(
-        observations=table[moved(observation_ids, torch.long)],
-        actions=table[moved(action_ids, torch.long)],
-        candidates=table[moved(candidate_ids, torch.long)],
-        candidate_mask=torch.arange(width, device=device) < counts.unsqueeze(-1),
-        step_mask=counts > 0,
-        next_observation_mask=moved(next_mask, torch.bool),
-        value_target=moved(value, torch.float32),
-        reward_target=moved(reward, torch.float32),
-        policy_target=moved(policy, torch.float32),
+        observations=table[torch.tensor(observation_ids, device=device)],
+        actions=table[torch.tensor(action_ids, device=device)],
+        candidates=table[torch.tensor(candidate_ids, device=device)],
+        candidate_mask=candidate_mask.to(device),
+        step_mask=(count_tensor > 0).to(device),
+        next_observation_mask=torch.tensor(next_mask, device=device),
+        value_target=torch.tensor(value, dtype=torch.float32, device=device),
+        reward_target=torch.tensor(reward, dtype=torch.float32, device=device),
+        policy_target=torch.tensor(policy, dtype=torch.float32, device=device),
     )
