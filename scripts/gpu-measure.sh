@@ -6,7 +6,8 @@
 #   bash scripts/gpu-measure.sh throughput   # bench envs ceilings; bench train lockstep vs pipeline (issue 15)
 #   LABEL=x GAME=detective.z5 NUM_ENVS=256 STEPS=4000 EXTRA='--set ...' bash scripts/gpu-measure.sh train   # one train run, GPU sampled
 #   GAME=detective.z5 NUM_ENVS=64 bash scripts/gpu-measure.sh profile   # train under cProfile, GPU utilisation sampled
-#   GAME=detective.z5 NUM_ENVS=256 bash scripts/gpu-measure.sh spy       # the same under py-spy (every thread, idle included)
+#   GAME=detective.z5 NUM_ENVS=256 bash scripts/gpu-measure.sh spy       # the same under py-spy (every thread, idle included;
+#                                                                         # SPY_GIL=1: only the thread holding the GIL)
 #   LABEL=agents GAMES=detective.z5,balances.z5 SEEDS=0,1,2 MINUTES=4 bash scripts/gpu-measure.sh agents
 #       # bench agents on the full preset, each (game, seed) in a process of its own (side by side), then the table
 #       # for all; points, results and the runs' logs in $OUT/$LABEL.tgz (a rerun on the same warm machine resumes);
@@ -111,7 +112,9 @@ spy)
   # needs py-spy on PATH (a manylinux wheel carried, e.g. pip install --no-deps --target /tmp/pyspy WHEEL)
   nvidia-smi --query-gpu=utilization.gpu --format=csv,noheader,nounits -l 1 >"$out/util-spy.txt" &
   smi=$!
-  timeout -s INT "${TRAIN_S:-200}" py-spy record --rate "${SPY_RATE:-50}" --idle --threads --format raw -o "$out/spy.txt" -- \
+  # SPY_GIL=1: only the samples of the thread holding the GIL (--gil instead of --idle): where the Python time goes
+  mode=(--idle); [ -n "${SPY_GIL:-}" ] && mode=(--gil)
+  timeout -s INT "${TRAIN_S:-200}" py-spy record --rate "${SPY_RATE:-50}" "${mode[@]}" --threads --format raw -o "$out/spy.txt" -- \
     python3 -c 'from priorzero.cli import main; raise SystemExit(main())' "${train_args[@]}" --run-dir "/tmp/pz-spy-$$" ${EXTRA:-} \
     >"$out/spy-run.log" 2>&1
   kill "$smi"

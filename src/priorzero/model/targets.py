@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
+import numpy as np
 import torch
 
 from priorzero.model.losses import WorldModelBatch
@@ -48,52 +49,67 @@ def make_batch(
     width = max(len(step.commands) for segment in segments for step in segment)
     following = list(next_observations) if next_observations is not None else [None] * batch
 
-    texts: dict[str, int] = {}  # each distinct string once; row 0 of the table is padding (a zero embedding)
-
-    def index(text: str) -> int:
-        return texts.setdefault(text, len(texts) + 1)
-
-    # plain lists first, one tensor per field at the end: per-element tensor writes cost more than the model's step
-    observation_ids = [[0] * (steps + 1) for _ in range(batch)]
-    action_ids = [[0] * steps for _ in range(batch)]
-    candidate_ids = [[[0] * width for _ in range(steps)] for _ in range(batch)]
-    policy = [[[0.0] * width for _ in range(steps)] for _ in range(batch)]
-    lengths = [[0] * steps for _ in range(batch)]  # valid commands per step; 0 marks padding
-    next_mask = [[False] * steps for _ in range(batch)]
-    value = [[0.0] * steps for _ in range(batch)]
-    reward = [[0.0] * steps for _ in range(batch)]
+    # Each step's strings go into one flat list (observation, executed command, valid commands), each distinct string
+    # is numbered once, and numpy puts the numbers in place: per-command Python work (a dict lookup and a nested-list
+    # write for each of a batch's ~10,000 commands, then tensors from nested lists) cost 18 ms a batch on the CPU,
+    # in the learner thread that holds the GIL the collecting thread needs (train/background.py).
+    strings: list[str] = []
+    policy_values: list[float] = []
+    counts = np.zeros((batch, steps), dtype=np.int64)  # valid commands per step; 0 marks padding
+    value = np.zeros((batch, steps), dtype=np.float32)
+    reward = np.zeros((batch, steps), dtype=np.float32)
+    next_mask = np.zeros((batch, steps), dtype=bool)
+    followers: list[tuple[int, int, str]] = []  # (segment, step, text): the observation after a segment's last step
     for b, segment in enumerate(segments):
         for t, step in enumerate(segment):
             count = len(step.commands)
             if len(step.visit_counts) != count or not 0 <= step.action < count:
                 raise ValueError(f"segment {b} step {t}: visit counts and action must match its {count} commands")
-            observation_ids[b][t] = index(step.observation)
-            action_ids[b][t] = index(step.commands[step.action])
-            candidate_ids[b][t][:count] = [index(command) for command in step.commands]
-            policy[b][t][:count] = step.search_policy(policy_target)
-            lengths[b][t] = count
-            value[b][t], reward[b][t] = step.value_target, step.reward
+            strings.append(step.observation)
+            strings.append(step.commands[step.action])
+            strings.extend(step.commands)
+            policy_values.extend(step.search_policy(policy_target))
+            counts[b, t] = count
+            value[b, t], reward[b, t] = step.value_target, step.reward
             is_last = t == len(segment) - 1
-            next_known = not step.done and (not is_last or following[b] is not None)
-            next_mask[b][t] = next_known
+            next_mask[b, t] = next_known = not step.done and (not is_last or following[b] is not None)
             if next_known and is_last:
-                observation_ids[b][t + 1] = index(following[b])
-    count_tensor = torch.tensor(lengths, dtype=torch.long)
-    candidate_mask = torch.arange(width) < count_tensor.unsqueeze(-1)
+                followers.append((b, t + 1, following[b]))
+    distinct = dict.fromkeys(strings + [text for _, _, text in followers])
+    number = {text: i for i, text in enumerate(distinct, start=1)}  # row 0 of the table is padding (a zero embedding)
+    ids = np.fromiter(map(number.__getitem__, strings), dtype=np.int64, count=len(strings))
 
-    # pageable copies, not pinned non-blocking ones: a pinned allocation in a learner thread while the collecting
-    # thread captures the search's CUDA graph broke the capture (H100, torch 2.11); on the learner's own stream
-    # (train/background.py) a pageable copy waits only for the learner's own work
-    embeddings = encoder.encode(list(texts)).to(device)
+    rows, columns = np.nonzero(counts)  # the steps, in the order they were listed
+    sizes = counts[rows, columns]
+    starts = np.cumsum(sizes + 2) - (sizes + 2)  # where each step's strings begin in `ids`
+    of_step = np.repeat(np.arange(len(sizes)), sizes)  # for each valid command: its step ...
+    within = np.arange(int(sizes.sum())) - np.repeat(np.cumsum(sizes) - sizes, sizes)  # ... and its place there
+    observation_ids = np.zeros((batch, steps + 1), dtype=np.int64)
+    observation_ids[rows, columns] = ids[starts]
+    for b, t, text in followers:
+        observation_ids[b, t] = number[text]
+    action_ids = np.zeros((batch, steps), dtype=np.int64)
+    action_ids[rows, columns] = ids[starts + 1]
+    candidate_ids = np.zeros((batch, steps, width), dtype=np.int64)
+    candidate_ids[rows[of_step], columns[of_step], within] = ids[starts[of_step] + 2 + within]
+    policy = np.zeros((batch, steps, width), dtype=np.float32)
+    policy[rows[of_step], columns[of_step], within] = policy_values
+
+    def moved(array: np.ndarray) -> torch.Tensor:
+        # a pageable copy: on the learner's own stream it waits only for the learner's work (a pinned allocation in a
+        # learner thread while the collecting thread captured the search's CUDA graph was followed by a failed capture)
+        return torch.from_numpy(array).to(device)
+
+    embeddings = encoder.encode(list(distinct)).to(device)
     table = torch.cat([embeddings.new_zeros(1, embeddings.shape[1]), embeddings])
     return WorldModelBatch(
-        observations=table[torch.tensor(observation_ids, device=device)],
-        actions=table[torch.tensor(action_ids, device=device)],
-        candidates=table[torch.tensor(candidate_ids, device=device)],
-        candidate_mask=candidate_mask.to(device),
-        step_mask=(count_tensor > 0).to(device),
-        next_observation_mask=torch.tensor(next_mask, device=device),
-        value_target=torch.tensor(value, dtype=torch.float32, device=device),
-        reward_target=torch.tensor(reward, dtype=torch.float32, device=device),
-        policy_target=torch.tensor(policy, dtype=torch.float32, device=device),
+        observations=table[moved(observation_ids)],
+        actions=table[moved(action_ids)],
+        candidates=table[moved(candidate_ids)],
+        candidate_mask=moved(np.arange(width) < counts[..., None]),
+        step_mask=moved(counts > 0),
+        next_observation_mask=moved(next_mask),
+        value_target=moved(value),
+        reward_target=moved(reward),
+        policy_target=moved(policy),
     )
