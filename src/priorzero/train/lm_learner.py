@@ -90,18 +90,19 @@ class LMLearner:
         self.budget_bytes = parse_size(train_config.lm_memory_budget) if train_config.lm_memory_budget else None
         self.activation_plan = ActivationPlan.for_model(model.get_base_model() if self._initial is None else model)
         self.oom_retries = 0
-        self._adapter_off = threading.Lock()  # held while the LoRA adapter is disabled for the initial model's scores
+        self._scoring_initial = threading.Lock()  # held while `trainable` scores with the initial weights
 
     @contextmanager
     def _initial_model(self) -> Iterator[None]:
-        """Score with the initial weights inside this block (deferred: a publish's drift check, which scores with the
-        trained model, waits for the adapter to be on again)."""
-        if self._initial is None:
-            with self._adapter_off, self.prior.trainable.model.disable_adapter():
-                yield
-        else:
-            with self.prior.scoring_with(self._initial):
-                yield
+        """Score with the initial weights inside this block. `trainable` is then the initial model (its adapter off, or
+        the frozen copy in its place), so a publish, which copies and scores `trainable`, waits for the block's end."""
+        with self._scoring_initial:
+            if self._initial is None:
+                with self.prior.trainable.model.disable_adapter():
+                    yield
+            else:
+                with self.prior.scoring_with(self._initial):
+                    yield
 
     def update(self, buffer: ReplayBuffer, rng: np.random.Generator) -> dict[str, float]:
         """One optimiser step on `lm_batch_size` steps sampled from the buffer; returns the losses."""
@@ -139,7 +140,7 @@ class LMLearner:
     def publish(self) -> None:
         """The scorers take the learner's weights, if they hold older ones."""
         if self.prior.version != self.updates:
-            with self._adapter_off:
+            with self._scoring_initial:
                 self.prior.weights_updated(self._drift_states, self.updates)
 
     def _zero_grad(self) -> None:
