@@ -5,8 +5,8 @@ collecting thread plays the games, so the language model's long updates (about a
 up the world model's short ones. The collecting thread drives them between steps, in `Trainer.learn`:
 
     learning.owe({"wm": n})      # the updates the replay ratio owes each learner for the steps collected so far
-    done = learning.publish()    # hand the newest weights to the acting models (`on_publish(name)`) unless an
-                                 # update is in flight (never waits for one); returns the updates they hold
+    done = learning.publish()    # hand the newest weights to the acting models (`on_publish(name)`) unless that
+                                 # learner's optimiser is stepping (never waits); returns the updates they hold
     learning.wait({"wm": n})     # block until that many updates are done (the policy-lag bound, the end of a run)
 
 Where the games are played decides what `on_publish` does:
