@@ -7,7 +7,6 @@ import time
 
 import numpy as np
 import pytest
-import torch
 
 from priorzero.train.background import BackgroundLearner
 from priorzero.train.buffer import ReplayBuffer
@@ -15,8 +14,6 @@ from priorzero.train.buffer import ReplayBuffer
 
 class FakeCountingLearner:
     """Stands in for WMLearner/LMLearner: records its steps and whether a copy ran while it wrote its weights."""
-
-    device = torch.device("cpu")
 
     def __init__(self, name: str, log: list[str], fail_at: int | None = None) -> None:
         self.name, self.log, self.fail_at, self.writing = name, log, fail_at, False
@@ -39,8 +36,6 @@ class FakeCountingLearner:
 class FakeHeldLearner:
     """A learner whose every update reads its weights (forward and backward) until the test gives it a permit, then
     writes them: an update in flight for as long as the test likes."""
-
-    device = torch.device("cpu")
 
     def __init__(self) -> None:
         self.permits, self.steps_entered = threading.Semaphore(0), threading.Semaphore(0)

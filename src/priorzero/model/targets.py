@@ -96,8 +96,6 @@ def make_batch(
     policy[rows[of_step], columns[of_step], within] = policy_values
 
     def moved(array: np.ndarray) -> torch.Tensor:
-        # a pageable copy: on the learner's own stream it waits only for the learner's work (a pinned allocation in a
-        # learner thread while the collecting thread captured the search's CUDA graph was followed by a failed capture)
         return torch.from_numpy(array).to(device)
 
     embeddings = encoder.encode(list(distinct)).to(device)

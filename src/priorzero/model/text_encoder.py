@@ -35,7 +35,7 @@ class TextEncoder:
         self.batch_size = 512 if self.device.type == "cuda" else 64  # texts per forward pass: a GPU takes a decision's new texts at once
         self.cache: dict[str, Tensor] = {}
         self.hits = self.misses = 0
-        self._lock = threading.Lock()  # the collecting thread and a learner thread encode with the same model, each on its own stream
+        self._lock = threading.Lock()  # the collecting thread and a learner thread encode with the same model
 
     @property
     def dim(self) -> int:
@@ -54,10 +54,8 @@ class TextEncoder:
         self.misses += len(missing)
         self.hits += len(texts) - len(missing)
         if missing:
-            fresh = self.model.encode(missing, convert_to_tensor=True, normalize_embeddings=True, batch_size=self.batch_size).float()
-            if fresh.is_cuda:  # whole before another thread's stream may read it from the cache (train/background.py)
-                torch.cuda.current_stream(fresh.device).synchronize()
-            self.cache.update(zip(missing, fresh))
+            fresh = self.model.encode(missing, convert_to_tensor=True, normalize_embeddings=True, batch_size=self.batch_size)
+            self.cache.update(zip(missing, fresh.float()))
         if not texts:
             return torch.zeros(0, EMBEDDING_DIM, device=self.device)
         return torch.stack([self.cache[text] for text in texts])
