@@ -95,19 +95,29 @@ def make_batch(
     policy = np.zeros((batch, steps, width), dtype=np.float32)
     policy[rows[of_step], columns[of_step], within] = policy_values
 
-    def moved(array: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(array).to(device)
+    # Two copies to the device, one of integers and one of floats, split there: each blocking copy waits for all the
+    # work queued on the stream, the other threads' included (train/background.py), so nine of them cost nine waits.
+    integers = torch.from_numpy(np.concatenate([a.ravel() for a in (observation_ids, action_ids, candidate_ids, counts, next_mask)])).to(device)
+    floats = torch.from_numpy(np.concatenate([a.ravel() for a in (value, reward, policy)])).to(device)
+    observation_ids_t, action_ids_t, candidate_ids_t, counts_t, next_mask_t = _split(integers, (observation_ids, action_ids, candidate_ids, counts, next_mask))
+    value_t, reward_t, policy_t = _split(floats, (value, reward, policy))
 
     embeddings = encoder.encode(list(distinct)).to(device)
     table = torch.cat([embeddings.new_zeros(1, embeddings.shape[1]), embeddings])
     return WorldModelBatch(
-        observations=table[moved(observation_ids)],
-        actions=table[moved(action_ids)],
-        candidates=table[moved(candidate_ids)],
-        candidate_mask=moved(np.arange(width) < counts[..., None]),
-        step_mask=moved(counts > 0),
-        next_observation_mask=moved(next_mask),
-        value_target=moved(value),
-        reward_target=moved(reward),
-        policy_target=moved(policy),
+        observations=table[observation_ids_t],
+        actions=table[action_ids_t],
+        candidates=table[candidate_ids_t],
+        candidate_mask=torch.arange(width, device=device) < counts_t.unsqueeze(-1),
+        step_mask=counts_t > 0,
+        next_observation_mask=next_mask_t.bool(),
+        value_target=value_t,
+        reward_target=reward_t,
+        policy_target=policy_t,
     )
+
+
+def _split(flat: torch.Tensor, like: Sequence[np.ndarray]) -> list[torch.Tensor]:
+    """`flat` (the arrays of `like`, each raveled, one after the other) as views of their shapes."""
+    parts = torch.split(flat, [a.size for a in like])
+    return [part.view(a.shape) for part, a in zip(parts, like)]
