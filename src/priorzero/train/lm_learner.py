@@ -180,8 +180,8 @@ class LMLearner:
             + self.config.kl_loss_weight * losses["kl"]
         )
         (total * weight).backward()
-        values = torch.stack([total.detach(), *(value.detach() for value in losses.values())]).tolist()  # one wait, not four
-        return dict(zip(["loss", *losses], values))
+        read = torch.stack([total.detach(), *(value.detach() for value in losses.values())]).tolist()  # one wait, not four
+        return dict(zip(["loss", *losses], read))
 
     def state_dict(self) -> dict:
         trainable = {name: p.detach().cpu() for name, p in self.prior.trainable.model.named_parameters() if p.requires_grad}
