@@ -79,6 +79,36 @@ def test_updates_move_the_prior_toward_the_visits(config, records):
     assert metrics["kl"] > 0 and learner.prior.version == 3
 
 
+def test_losses_are_the_means_of_each_steps_losses(config, records):
+    """The learner computes its losses over all steps at once; they must be the mean over steps of each step's
+    cross-entropy from the visits, policy-gradient term and KL from the initial model, computed one by one here."""
+    import dataclasses
+
+    from priorzero.train.lm_learner import LMExample, normalised_advantages
+
+    varied = [dataclasses.replace(r, value_target=0.7 * i - 1.0) for i, r in enumerate(records)]  # advantages not all 0
+    learner = fresh_learner(config, pg_loss_weight=0.5, kl_loss_weight=0.1)
+    learner.step(varied)  # away from the initial weights, so that the KL is not 0
+    examples = [LMExample(r, a) for r, a in zip(varied, normalised_advantages(varied, learner.config.advantage_clip))]
+    with torch.no_grad():
+        prompts, commands = [r.prompt_ids for r in varied], [r.commands for r in varied]
+        current = learner.prior.log_priors_with_grad(prompts, commands)
+        with learner._initial_model():
+            initial = learner.prior.log_priors_with_grad(prompts, commands)
+    expected = {"visit_ce": 0.0, "pg": 0.0, "kl": 0.0}
+    for example, log_p, log_p0 in zip(examples, current, initial):
+        target = torch.tensor(example.record.visit_policy())
+        expected["visit_ce"] += float(-(target * log_p).sum()) / len(examples)
+        expected["pg"] += float(-example.advantage * log_p[example.record.action]) / len(examples)
+        expected["kl"] += float((log_p.exp() * (log_p - log_p0)).sum()) / len(examples)
+    metrics = learner._backward(examples, 1.0)
+    assert expected["pg"] != 0 and expected["kl"] > 0
+    for name, value in expected.items():
+        assert metrics[name] == pytest.approx(value, rel=1e-4, abs=1e-6), name
+    weighted = learner.config.visit_loss_weight * expected["visit_ce"] + 0.5 * expected["pg"] + 0.1 * expected["kl"]
+    assert metrics["loss"] == pytest.approx(weighted, rel=1e-4, abs=1e-6)
+
+
 def test_policy_target_chooses_what_the_prior_distils(config, records):
     """train.policy_target=completed_q trains toward each record's completed-Q policy, not its visits."""
     import dataclasses
