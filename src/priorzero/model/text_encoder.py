@@ -35,7 +35,7 @@ class TextEncoder:
         self.batch_size = 512 if self.device.type == "cuda" else 64  # texts per forward pass: a GPU takes a decision's new texts at once
         self.cache: dict[str, Tensor] = {}
         self.hits = self.misses = 0
-        self._lock = threading.Lock()  # the collecting thread and a learner thread encode with the same model
+        self._lock = threading.Lock()  # the collecting thread and a learner thread encode with the same model, each on its own stream
 
     @property
     def dim(self) -> int:
@@ -49,13 +49,17 @@ class TextEncoder:
     def _encode(self, texts: Sequence[str]) -> Tensor:
         missing = list(dict.fromkeys(text for text in texts if text not in self.cache))
         if len(self.cache) + len(missing) > self.max_cache_entries:
+            if self.device.type == "cuda":  # another thread's stream may still read a cached embedding
+                torch.cuda.synchronize(self.device)
             self.cache.clear()
             missing = list(dict.fromkeys(texts))
         self.misses += len(missing)
         self.hits += len(texts) - len(missing)
         if missing:
-            fresh = self.model.encode(missing, convert_to_tensor=True, normalize_embeddings=True, batch_size=self.batch_size)
-            self.cache.update(zip(missing, fresh.float()))
+            fresh = self.model.encode(missing, convert_to_tensor=True, normalize_embeddings=True, batch_size=self.batch_size).float()
+            if fresh.is_cuda:  # whole before another thread's stream may read it from the cache (train/background.py)
+                torch.cuda.current_stream(fresh.device).synchronize()
+            self.cache.update(zip(missing, fresh))
         if not texts:
             return torch.zeros(0, EMBEDDING_DIM, device=self.device)
         return torch.stack([self.cache[text] for text in texts])

@@ -287,7 +287,8 @@ def _capturing(graph: torch.cuda.CUDAGraph, stream: torch.cuda.Stream) -> Iterat
     """Capture the block's kernels into `graph` on a side stream, as `torch.cuda.graph` does but without its
     `gc.collect()` and `empty_cache()` before every capture: every search captures its graph, and in a training
     run on the H200 (a replay buffer of many Python objects to collect) captures took 0.12-0.21 s each (cProfile).
-    Capture errors are thread-local, so a learner thread may run kernels of its own meanwhile."""
+    Capture errors are thread-local, so a learner thread may run kernels of its own meanwhile, on any stream but
+    `stream` (`capture_stream`)."""
     stream.wait_stream(torch.cuda.current_stream(stream.device))
     with torch.cuda.stream(stream):
         graph.capture_begin(capture_error_mode="thread_local")
@@ -296,6 +297,16 @@ def _capturing(graph: torch.cuda.CUDAGraph, stream: torch.cuda.Stream) -> Iterat
         finally:
             graph.capture_end()
     torch.cuda.current_stream(stream.device).wait_stream(stream)
+
+
+@functools.cache
+def capture_stream(device: torch.device) -> torch.cuda.Stream:
+    """The one stream every search on `device` captures on, taken once from PyTorch's high-priority pool, which
+    nothing else here draws from. A fresh `torch.cuda.Stream()` per capture (as `torch.cuda.graph` takes by default)
+    cycles through the pool's 32 streams and comes round to whatever stream another thread took from it, whose
+    work then lands in the capture or breaks it (`scripts/capture_beside_copies.py` on an H100: a copying thread
+    died within 300 captures on fresh pool streams, and ran throughout beside captures on one such stream)."""
+    return torch.cuda.Stream(device=device, priority=-1)
 
 
 def capture_or_none(capture: Callable[[], T], release: Callable[[], None]) -> T | None:
@@ -347,7 +358,7 @@ def run_simulations_graphed(model: SearchModel, state: object, tree: Tree, param
 
     def capture() -> torch.cuda.CUDAGraph:
         graph = torch.cuda.CUDAGraph()
-        with _capturing(graph, torch.cuda.Stream(device=counter.device)):
+        with _capturing(graph, capture_stream(counter.device)):
             simulation()
         return graph
 

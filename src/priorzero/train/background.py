@@ -1,6 +1,6 @@
 """Learning beside collection (`train.max_policy_lag` > 0).
 
-Each learner (`sample(buffer, rng)`, `step(batch, writing)`) makes its updates in a thread of its own while the
+Each learner (`sample(buffer, rng)`, `step(batch, writing)`, `device`) makes its updates in a thread of its own while the
 collecting thread plays the games, so the language model's long updates (about a second each on an H200) never hold
 up the world model's short ones. The collecting thread drives them between steps, in `Trainer.learn`:
 
@@ -26,11 +26,14 @@ hardly ever find a learner that is always busy between two). `paused()` holds ev
 (checkpoints read the learners' models and optimisers). An error in a thread is raised again in the collecting
 thread at its next call.
 
-On a GPU every thread queues its kernels on the default stream, where they run in the order they were queued: a
-copy queued after an optimiser's step reads its result, and the next step's writes queue behind the copy, so no
-event or synchronisation is needed between threads. (A CUDA stream per learner was tried and broke the search's
-graph captures: PyTorch hands its streams out round-robin from pools of 32, and the search's capture streams came
-round to a learner's stream; docs/benchmarks.md, "A thread per learner".)
+On a GPU each learner thread queues its work on a CUDA stream of its own (the collecting thread stays on the
+default stream), so an update neither waits behind nor delays what the collecting thread has queued (the search's
+graphs, the prior's forward passes). The `writing` block ends with the learner's stream synchronised, so the new
+weights are whole on every stream once it is left; a copy records an event on the copying stream that the
+learner's next optimiser step waits for. The search captures its CUDA graphs on a stream of the high-priority pool
+that nothing else takes (search/mcts.py:capture_stream): PyTorch hands pool streams out round-robin, 32 per
+priority, and captures on fresh low-priority streams came round to a learner's stream and broke (docs/benchmarks.md,
+"A thread per learner").
 """
 
 from __future__ import annotations
@@ -41,11 +44,14 @@ from contextlib import AbstractContextManager, ExitStack, contextmanager
 from typing import Any, Callable, Iterator, Protocol
 
 import numpy as np
+import torch
 
 from priorzero.train.buffer import ReplayBuffer
 
 
 class Learner(Protocol):
+    device: torch.device
+
     def sample(self, buffer: ReplayBuffer, rng: np.random.Generator) -> Any: ...
 
     def step(self, batch: Any, writing: AbstractContextManager) -> dict[str, float]:
@@ -61,8 +67,10 @@ class BackgroundLearner:
         buffer_lock: threading.Lock,
         rng: np.random.Generator,
         on_publish: Callable[[str], None] | None = None,
+        publish_every: dict[str, int] | None = None,
     ) -> None:
         self.learners, self.buffer, self.buffer_lock, self.rng, self.on_publish = learners, buffer, buffer_lock, rng, on_publish
+        self.publish_every = {name: 1 for name in learners} | (publish_every or {})  # updates between copies
         self.done = dict(done)  # updates finished per learner (its version)
         self.published = dict(done)  # updates held by the acting weights
         self._target = dict(done)
@@ -73,6 +81,7 @@ class BackgroundLearner:
         self._changed = threading.Condition()
         self._updating = {name: threading.Lock() for name in learners}  # a whole update, or paused()
         self._writing = {name: threading.Lock() for name in learners}  # an optimiser's step, or a copy of the weights
+        self._copied: dict[str, torch.cuda.Event | None] = dict.fromkeys(learners)  # the last copy, on its stream
         for name in learners:
             self._copy_weights(name)
         self._threads = [threading.Thread(target=self._run, args=(name,), name=f"priorzero-learner-{name}", daemon=True) for name in learners]
@@ -86,12 +95,13 @@ class BackgroundLearner:
             self._changed.notify_all()
 
     def publish(self, block: bool = False) -> dict[str, int]:
-        """Give the acting models each learner's newest weights (if newer) and return the updates they hold. While
-        that learner's optimiser is stepping its copy waits for it only with `block` (the collecting thread asks
-        again after its next step)."""
+        """Give the acting models each learner's newest weights once they are `publish_every` updates newer (with
+        `block`: once newer at all) and return the updates they hold. While that learner's optimiser is stepping
+        its copy waits for it only with `block` (the collecting thread asks again after its next step)."""
         self._check()
         for name, lock in self._writing.items():
-            if self.done[name] != self.published[name] and lock.acquire(blocking=block):
+            due = 1 if block else self.publish_every[name]
+            if self.done[name] - self.published[name] >= due and lock.acquire(blocking=block):
                 try:
                     self._copy_weights(name)
                 finally:
@@ -132,6 +142,9 @@ class BackgroundLearner:
         """Call holding the learner's writing lock (or before its thread starts)."""
         if self.on_publish is not None:
             self.on_publish(name)
+            if self.learners[name].device.type == "cuda":
+                self._copied[name] = torch.cuda.Event()
+                self._copied[name].record()  # on the copying thread's stream
         self.published[name] = self.done[name]
 
     def _check(self) -> None:
@@ -139,36 +152,42 @@ class BackgroundLearner:
             raise RuntimeError("a learner thread failed") from self._error
 
     @contextmanager
-    def _write(self, name: str) -> Iterator[None]:
+    def _write(self, name: str, stream: torch.cuda.Stream | None) -> Iterator[None]:
         """Around a learner's optimiser step: no copy of its weights meanwhile, and the new version counted before
         any copy can take it."""
         with self._writing[name]:
+            if self._copied[name] is not None:
+                stream.wait_event(self._copied[name])  # the last copy has read the weights
             yield
+            if stream is not None:
+                stream.synchronize()  # whole on every stream before the lock goes
             with self._changed:
                 self.done[name] += 1
 
     def _run(self, name: str) -> None:
         learner = self.learners[name]
+        stream = torch.cuda.Stream(learner.device) if learner.device.type == "cuda" else None
         try:
-            while True:
-                with self._changed:
-                    while not self._closed and self.done[name] >= self._target[name]:
-                        self._changed.wait()
-                    if self._closed:
-                        return
-                    before = self.done[name]
-                start = time.perf_counter()
-                with self.buffer_lock:
-                    batch = learner.sample(self.buffer, self.rng)
-                with self._updating[name]:
-                    metrics = learner.step(batch, self._write(name))
-                with self._changed:
-                    if self.done[name] == before:  # an update with nothing to learn from writes nothing
-                        self.done[name] += 1
-                    self._seconds[name] += time.perf_counter() - start
-                    for key, value in metrics.items():
-                        self._metrics[name].setdefault(key, []).append(value)
-                    self._changed.notify_all()
+            with torch.cuda.stream(stream):  # no-op for None
+                while True:
+                    with self._changed:
+                        while not self._closed and self.done[name] >= self._target[name]:
+                            self._changed.wait()
+                        if self._closed:
+                            return
+                        before = self.done[name]
+                    start = time.perf_counter()
+                    with self.buffer_lock:
+                        batch = learner.sample(self.buffer, self.rng)
+                    with self._updating[name]:
+                        metrics = learner.step(batch, self._write(name, stream))
+                    with self._changed:
+                        if self.done[name] == before:  # an update with nothing to learn from writes nothing
+                            self.done[name] += 1
+                        self._seconds[name] += time.perf_counter() - start
+                        for key, value in metrics.items():
+                            self._metrics[name].setdefault(key, []).append(value)
+                        self._changed.notify_all()
         except BaseException as exc:  # raised again in the collecting thread
             with self._changed:
                 self._error = exc

@@ -84,6 +84,7 @@ class LMLearner:
         for replica in replicas:
             replica.receive_weights(model, prior.version)  # the adapter's initial weights, so that all score alike
         self.parameters = [p for p in model.parameters() if p.requires_grad]
+        self.device = self.parameters[0].device
         self.optimizer = torch.optim.AdamW(self.parameters, lr=train_config.lm_lr)
         self.micro_batch = train_config.lm_micro_batch
         self.budget_bytes = parse_size(train_config.lm_memory_budget) if train_config.lm_memory_budget else None
