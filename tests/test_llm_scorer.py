@@ -14,12 +14,14 @@ from priorzero.config import EnvConfig, LLMConfig
 from priorzero.llm.loading import load_language_model
 from priorzero.llm.prompts import build_prompt, encode_candidates
 from priorzero.llm.quality import walkthrough_states
+from priorzero.llm import scorer
 from priorzero.llm.scorer import (
     CandidateScores,
     PriorStats,
     _chunks,
     _pack,
     _pieces,
+    _shared_prefix,
     block_attention_mask,
     block_flex_mask,
     block_rule,
@@ -83,6 +85,30 @@ def test_token_budget_splits_games_and_changes_nothing(lm, textworld_batch):
 
 
 @pytest.mark.slow
+def test_the_shared_prefix_runs_once_and_changes_nothing(lm, textworld_batch, monkeypatch):
+    prompts, cands = textworld_batch
+    assert _shared_prefix(prompts) >= 32  # the chat frame and the instructions
+    calls = []
+    handle = scorer._split_causal_lm(lm.model)[0].register_forward_pre_hook(lambda _, args, kwargs: calls.append(kwargs["input_ids"].shape), with_kwargs=True)
+    try:
+        shared = score_candidates(lm.model, prompts, cands, token_budget=4096)
+        monkeypatch.setattr(scorer, "_MIN_SHARED_PREFIX", 10**9)
+        whole = score_candidates(lm.model, prompts, cands, token_budget=4096)
+    finally:
+        handle.remove()
+    assert [shape[0] for shape in calls] == [1, 2, 2]  # the prefix alone, then the two rows after it; then whole rows
+    assert calls[1][1] < calls[2][1]
+    assert _max_diff(shared, whole) < 1e-4
+
+
+def test_shared_prefix_leaves_every_prompt_its_last_token(monkeypatch):
+    monkeypatch.setattr(scorer, "_MIN_SHARED_PREFIX", 2)
+    assert _shared_prefix([[1, 2, 3, 4], [1, 2, 3, 5, 6]]) == 3
+    assert _shared_prefix([[1, 2, 3], [1, 2, 3, 4]]) == 2  # the shorter one keeps its last token
+    assert _shared_prefix([[1, 2, 3, 4]]) == 3
+    assert _shared_prefix([[1, 9, 3], [1, 2, 3]]) == 0  # one token in common: under the minimum
+
+
 def test_gradients_flow_and_values_match(lm, textworld_batch):
     prompts, cands = textworld_batch
     prompts, cands = prompts[:1], cands[:1]

@@ -14,6 +14,11 @@ transformers' flex_attention implementation for that forward pass only: blocks o
 allowed are skipped and blocks where everything is run unmasked. 'auto' (the default) is sdpa: on an H100 the
 flex path measured slower at every benchmark shape, and on the CPU FlexAttention has no backward pass.
 
+The tokens every prompt of a forward pass begins with (the chat frame, the instructions and, within one game, the
+opening text: 227 of detective's 240-540 prompt tokens) run once, as one sequence whose keys and values every row
+then attends to (`_shared_prefix`; the sdpa path); the rows hold only what follows. Games are sorted by length before they are
+cut into forward passes, so rows of like length share one (less padding).
+
 The backbone runs once over the packed tokens; the LM head is applied only to the hidden states that predict a
 candidate token (the prompt's last position for each candidate's first token, then the candidate's own
 positions), which keeps the vocabulary-sized logits small, and gives float32 logits without rounding them to the
@@ -164,17 +169,18 @@ def _pack(prompts, candidates, chunk: list[_Piece], offsets: list[int]):
     )
 
 
-def block_attention_mask(segments: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """[B, 1, L, L] additive mask: query q sees key k <= q when k is in the prompt (segment 0) or in q's own segment.
+def block_attention_mask(segments: torch.Tensor, dtype: torch.dtype, prefix: int = 0) -> torch.Tensor:
+    """[B, 1, L, prefix + L] additive mask: query q sees key k <= q when k is in the prompt (segment 0) or in q's own
+    segment, and every key of the shared prefix (`prefix` columns before the row's own, all prompt).
 
     Padding (segment -1) sees the prompt and other padding, so no row is fully masked (which would give NaN)."""
-    length = segments.shape[1]
+    batch, length = segments.shape
     causal = torch.ones(length, length, dtype=torch.bool, device=segments.device).tril()
     same_segment = segments[:, :, None] == segments[:, None, :]
     key_in_prompt = (segments == 0)[:, None, :]
     allowed = causal & (same_segment | key_in_prompt)
-    mask = torch.zeros(allowed.shape, dtype=dtype, device=segments.device)
-    mask.masked_fill_(~allowed, torch.finfo(dtype).min)
+    mask = torch.zeros(batch, length, prefix + length, dtype=dtype, device=segments.device)
+    mask[:, :, prefix:].masked_fill_(~allowed, torch.finfo(dtype).min)
     return mask[:, None]
 
 
@@ -276,6 +282,22 @@ def token_logprobs(lm_head: torch.nn.Module, hidden: torch.Tensor, targets: torc
     return head_logits(lm_head, hidden).log_softmax(-1).gather(-1, targets[..., None])[..., 0]
 
 
+_MIN_SHARED_PREFIX = 32  # tokens; a shorter shared prefix is left in the rows (its own forward pass would cost more)
+
+
+def _shared_prefix(prompt_lists: list[list[int]]) -> int:
+    """How many tokens every prompt begins with, leaving each at least its last token (whose hidden state predicts
+    the candidates' first); 0 when that is under `_MIN_SHARED_PREFIX`."""
+    shortest = min(len(prompt) for prompt in prompt_lists) - 1
+    first = np.asarray(prompt_lists[0][:shortest])
+    length = shortest
+    for prompt in prompt_lists[1:]:
+        differs = np.flatnonzero(np.asarray(prompt[:length]) != first[:length])
+        if differs.size:
+            length = int(differs[0])
+    return length if length >= _MIN_SHARED_PREFIX else 0
+
+
 def _score_chunk(model, prompts, candidates, chunk, offsets, total: int, attention: str) -> torch.Tensor:
     """[total] float32: this chunk's candidates' summed log-probabilities at their flat indices, zero elsewhere."""
     backbone, lm_head = _split_causal_lm(model)
@@ -286,14 +308,23 @@ def _score_chunk(model, prompts, candidates, chunk, offsets, total: int, attenti
     sums = torch.zeros(total, device=device)
     if targets.numel() == 0:
         return sums
+    # (the flex path keeps whole prompts: on the CPU, torch 2.13's FlexAttention fails to compile with fewer queries than keys)
+    prefix = _shared_prefix([prompts[piece.game] for piece in chunk]) if attention == "sdpa" else 0
+    shared = None
+    if prefix:  # its keys and values once, repeated for every row; the rows keep their absolute positions
+        shared = backbone(input_ids=input_ids[:1, :prefix], position_ids=positions[:1, :prefix], use_cache=True).past_key_values
+        shared.batch_repeat_interleave(len(chunk))
+        input_ids, positions, segments, predictors = input_ids[:, prefix:], positions[:, prefix:], segments[:, prefix:], predictors - prefix
     if attention == "flex":
         with _attention_implementation(model, "flex_attention"):
             hidden = backbone(
                 input_ids=input_ids, attention_mask=block_flex_mask(segments), position_ids=positions, use_cache=False
             ).last_hidden_state
     else:
-        mask = block_attention_mask(segments, lm_head.weight.dtype)
-        hidden = backbone(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=False).last_hidden_state
+        mask = block_attention_mask(segments, lm_head.weight.dtype, prefix)
+        hidden = backbone(
+            input_ids=input_ids, attention_mask=mask, position_ids=positions, past_key_values=shared, use_cache=False
+        ).last_hidden_state
     return sums.index_add(0, owners, token_logprobs(lm_head, hidden[rows, predictors], targets))
 
 
@@ -322,7 +353,8 @@ def score_candidates(
     offsets = list(itertools.accumulate(sizes, initial=0))[:-1]
     with torch.enable_grad() if grad else torch.no_grad():
         sums = torch.zeros(sum(sizes), device=device)
-        for chunk in _chunks(_pieces(prompts, candidates, token_budget), token_budget):
+        pieces = sorted(_pieces(prompts, candidates, token_budget), key=lambda piece: piece.length)  # like lengths together
+        for chunk in _chunks(pieces, token_budget):
             sums = sums + _score_chunk(model, prompts, candidates, chunk, offsets, sum(sizes), attention)
     num_tokens = torch.tensor([len(c) for cands in candidates for c in cands], dtype=torch.long).to(device)
     return [CandidateScores(game_sums, game_tokens) for game_sums, game_tokens in zip(sums.split(sizes), num_tokens.split(sizes))]
