@@ -1,14 +1,16 @@
 """The packed scorer on detective-shaped batches whose prompts share a prefix, to time one tree against another:
 
-    PYTHONPATH=OLD/src python3 scripts/bench_shared_prefix.py [DEVICE [GAMES [REPEATS]]]   # the tree before
-    PYTHONPATH=src python3 scripts/bench_shared_prefix.py [DEVICE [GAMES [REPEATS]]]       # this tree
+    PYTHONPATH=OLD/src python3 scripts/bench_shared_prefix.py [DEVICE [GAMES [REPEATS [random]]]]   # the tree before
+    PYTHONPATH=src python3 scripts/bench_shared_prefix.py [DEVICE [GAMES [REPEATS [random]]]]       # this tree
 
 Each prompt is the same 227 tokens (detective.z5's chat frame, instructions and opening text, measured with the
 embedded SmolLM2's tokenizer) followed by 20-300 tokens of its own (its history and observation: detective's prompts
 run to 240-540 tokens); each game has 2-5 commands of 1-3 tokens (detective's 2-5 valid commands). Token ids are
 seeded random, so every run scores the same batch; the printed checksum (the sum of every command's log-probability)
 says whether two trees computed the same scores. Prints the median seconds of REPEATS (default 5) calls after one
-untimed warm-up. DEVICE: cpu (default; float32, 2 threads) or cuda (bfloat16); GAMES: default 16.
+untimed warm-up. DEVICE: cpu (default; float32, 2 threads) or cuda (bfloat16); GAMES: default 16. `random`: random
+weights of SmolLM2-135M's architecture (`bench prior --random-arch smollm2-135m`, seeded; the time does not depend on
+the weights), so neither the embedded model nor PriorZero's configuration (pydantic) is needed.
 """
 
 import random
@@ -18,23 +20,33 @@ import time
 
 import torch
 
-from priorzero.config import LLMConfig
-from priorzero.llm.loading import load_language_model
 from priorzero.llm.scorer import score_candidates
 
 
-def main(device: str = "cpu", games: int = 16, repeats: int = 5) -> None:
+def load(device: str, weights: str):
+    dtype = torch.float32 if device == "cpu" else torch.bfloat16
+    if weights == "random":
+        from priorzero.bench.prior import RANDOM_ARCHS, build_random_model
+
+        return build_random_model("smollm2-135m", torch.device(device), dtype), RANDOM_ARCHS["smollm2-135m"]["vocab_size"]
+    from priorzero.config import LLMConfig
+    from priorzero.llm.loading import load_language_model
+
+    lm = load_language_model(LLMConfig(device=device, dtype=str(dtype).removeprefix("torch.")))
+    return lm.model, lm.tokenizer.vocab_size
+
+
+def main(device: str = "cpu", games: int = 16, repeats: int = 5, weights: str = "embedded") -> None:
     if device == "cpu":
         torch.set_num_threads(2)
-    lm = load_language_model(LLMConfig(device=device, dtype="float32" if device == "cpu" else "bfloat16"))
+    model, vocab = load(device, weights)
     rng = random.Random(0)
-    vocab = lm.tokenizer.vocab_size
     prefix = [rng.randrange(vocab) for _ in range(227)]
     prompts = [prefix + [rng.randrange(vocab) for _ in range(rng.randint(20, 300))] for _ in range(games)]
     commands = [[[rng.randrange(vocab) for _ in range(rng.randint(1, 3))] for _ in range(rng.randint(2, 5))] for _ in prompts]
 
     def call() -> float:
-        scores = score_candidates(lm.model, prompts, commands, 16384)
+        scores = score_candidates(model, prompts, commands, 16384)
         return float(sum(s.logprob_sum.sum() for s in scores))  # reads the result: waits for the device
 
     checksum = call()
@@ -43,9 +55,9 @@ def main(device: str = "cpu", games: int = 16, repeats: int = 5) -> None:
         start = time.perf_counter()
         call()
         times.append(time.perf_counter() - start)
-    print(f"{device} {games} games: median {statistics.median(times) * 1e3:.1f} ms of {repeats} "
+    print(f"{device} {games} games ({weights} weights): median {statistics.median(times) * 1e3:.1f} ms of {repeats} "
           f"({', '.join(f'{t * 1e3:.1f}' for t in times)}); checksum {checksum:.3f}")
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:2], *(int(a) for a in sys.argv[2:4]))
+    main(*sys.argv[1:2], *(int(a) for a in sys.argv[2:4]), *sys.argv[4:5])

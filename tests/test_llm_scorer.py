@@ -103,10 +103,13 @@ def test_the_shared_prefix_runs_once_and_changes_nothing(lm, textworld_batch, mo
 
 def test_shared_prefix_leaves_every_prompt_its_last_token(monkeypatch):
     monkeypatch.setattr(scorer, "_MIN_SHARED_PREFIX", 2)
+    monkeypatch.setattr(scorer, "_LENGTH_MULTIPLE", 1)
     assert _shared_prefix([[1, 2, 3, 4], [1, 2, 3, 5, 6]]) == 3
     assert _shared_prefix([[1, 2, 3], [1, 2, 3, 4]]) == 2  # the shorter one keeps its last token
     assert _shared_prefix([[1, 2, 3, 4]]) == 3
     assert _shared_prefix([[1, 9, 3], [1, 2, 3]]) == 0  # one token in common: under the minimum
+    monkeypatch.setattr(scorer, "_LENGTH_MULTIPLE", 2)
+    assert _shared_prefix([[1, 2, 3, 4], [1, 2, 3, 5, 6]]) == 2  # whole multiples: the mask's rows stay aligned
 
 
 def test_gradients_flow_and_values_match(lm, textworld_batch):

@@ -287,7 +287,8 @@ _MIN_SHARED_PREFIX = 32  # tokens; a shorter shared prefix is left in the rows (
 
 def _shared_prefix(prompt_lists: list[list[int]]) -> int:
     """How many tokens every prompt begins with, leaving each at least its last token (whose hidden state predicts
-    the candidates' first); 0 when that is under `_MIN_SHARED_PREFIX`."""
+    the candidates' first), in whole multiples of `_LENGTH_MULTIPLE` (so the mask's rows, prefix + padded row, stay
+    aligned); 0 when that is under `_MIN_SHARED_PREFIX`."""
     shortest = min(len(prompt) for prompt in prompt_lists) - 1
     first = np.asarray(prompt_lists[0][:shortest])
     length = shortest
@@ -295,6 +296,7 @@ def _shared_prefix(prompt_lists: list[list[int]]) -> int:
         differs = np.flatnonzero(np.asarray(prompt[:length]) != first[:length])
         if differs.size:
             length = int(differs[0])
+    length -= length % _LENGTH_MULTIPLE
     return length if length >= _MIN_SHARED_PREFIX else 0
 
 
