@@ -56,10 +56,8 @@ class FakeHeldLearner:
         return {}
 
 
-def make(learners, on_publish=None, publish_every=None):
-    return BackgroundLearner(
-        learners, {name: 0 for name in learners}, ReplayBuffer(100, 10), threading.Lock(), np.random.default_rng(0), on_publish, publish_every
-    )
+def make(learners, on_publish=None):
+    return BackgroundLearner(learners, {name: 0 for name in learners}, ReplayBuffer(100, 10), threading.Lock(), np.random.default_rng(0), on_publish)
 
 
 def test_both_learners_reach_their_targets():
@@ -93,29 +91,6 @@ def test_publish_copies_between_optimiser_steps_and_reports_the_updates_held():
         assert held == sorted(held) and not any(copies)  # never while the weights change
         assert len(copies) > 10  # a learner that is always busy still gets copied from
     finally:
-        background.close()
-
-
-def test_publish_every_copies_after_that_many_updates_and_a_wait_copies_the_newest():
-    learner = FakeHeldLearner()
-    copies: list[int] = []
-    background = make({"lm": learner}, publish_every={"lm": 3})
-    background.on_publish = lambda name: copies.append(background.done[name])
-    try:
-        background.owe({"lm": 5})
-        for update in range(1, 5):
-            assert learner.steps_entered.acquire(timeout=10)
-            learner.permits.release()
-            while background.done["lm"] < update:
-                time.sleep(0.001)
-            assert background.publish() == {"lm": 0 if update < 3 else 3}  # none after 1 and 2; 3 after 3 and 4
-        assert copies == [3]
-        assert learner.steps_entered.acquire(timeout=10)
-        learner.permits.release()
-        background.wait({"lm": 5})  # the lag bound or the end: the newest weights, however few updates newer
-        assert background.published == {"lm": 5} and copies == [3, 5]
-    finally:
-        learner.permits.release()
         background.close()
 
 

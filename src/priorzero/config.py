@@ -196,10 +196,6 @@ class TrainConfig(_Section):
         0, ge=0, le=1_000_000,
         description="The most updates the weights a step is played with may trail. One machine: 0 runs the updates between steps on the collecting thread (sequential and reproducible); N > 0 runs each model's updates in a background thread of its own, on a CUDA stream of its own on a GPU (the collection acts with copies of the world model and the language model that take the new weights between decisions), and a step waits while its weights trail what the replay ratios owe by more than N. With run.cluster: N > 0 runs both models' updates in those threads while the collectors play (0: between their steps), and a collector's step waits while its weights trail the learner's latest published ones by more than N updates (of either model).",
     )
-    lm_publish_every: int = Field(
-        1, ge=1, le=1_000_000,
-        description="With train.max_policy_lag > 0 on one machine: the collection's copy of the language model takes the learner's weights every N of its updates (sooner where the lag bound needs them). Each new version empties the prior's cache, whose hits spare the language model's forward passes (on detective.z5 with 256 games: 0.5 of the states without language-model updates, 0.2 with a new version after each).",
-    )
     deterministic: bool = Field(
         False,
         description="Sequential and seeded: every update between steps on the collecting thread and PyTorch's deterministic algorithms, so two runs of one config and seed on one machine give the same records and metrics, and a resumed run goes on as if never stopped. Needs train.max_policy_lag=0 and no run.cluster (their learners and collectors run on their own timing).",

@@ -67,10 +67,8 @@ class BackgroundLearner:
         buffer_lock: threading.Lock,
         rng: np.random.Generator,
         on_publish: Callable[[str], None] | None = None,
-        publish_every: dict[str, int] | None = None,
     ) -> None:
         self.learners, self.buffer, self.buffer_lock, self.rng, self.on_publish = learners, buffer, buffer_lock, rng, on_publish
-        self.publish_every = {name: 1 for name in learners} | (publish_every or {})  # updates between copies
         self.done = dict(done)  # updates finished per learner (its version)
         self.published = dict(done)  # updates held by the acting weights
         self._target = dict(done)
@@ -95,13 +93,12 @@ class BackgroundLearner:
             self._changed.notify_all()
 
     def publish(self, block: bool = False) -> dict[str, int]:
-        """Give the acting models each learner's newest weights once they are `publish_every` updates newer (with
-        `block`: once newer at all) and return the updates they hold. While that learner's optimiser is stepping
-        its copy waits for it only with `block` (the collecting thread asks again after its next step)."""
+        """Give the acting models each learner's newest weights (if newer) and return the updates they hold. While
+        that learner's optimiser is stepping its copy waits for it only with `block` (the collecting thread asks
+        again after its next step)."""
         self._check()
         for name, lock in self._writing.items():
-            due = 1 if block else self.publish_every[name]
-            if self.done[name] - self.published[name] >= due and lock.acquire(blocking=block):
+            if self.done[name] != self.published[name] and lock.acquire(blocking=block):
                 try:
                     self._copy_weights(name)
                 finally:
