@@ -14,10 +14,10 @@ transformers' flex_attention implementation for that forward pass only: blocks o
 allowed are skipped and blocks where everything is run unmasked. 'auto' (the default) is sdpa: on an H100 the
 flex path measured slower at every benchmark shape, and on the CPU FlexAttention has no backward pass.
 
-The tokens every prompt of a forward pass begins with (the chat frame, the instructions and, within one game, the
-opening text: 227 of detective's 240-540 prompt tokens) run once, as one sequence whose keys and values every row
-then attends to (`_shared_prefix`; the sdpa path); the rows hold only what follows. Games are sorted by length before they are
-cut into forward passes, so rows of like length share one (less padding).
+With the sdpa mask, the tokens every prompt of a forward pass begins with (the chat frame, the instructions and,
+within one game, the opening text: 227 of detective's 240-540 prompt tokens) run once, as one sequence whose keys
+and values every row then attends to (`_shared_prefix`); the rows hold only what follows. Games are sorted by length
+before they are cut into forward passes, so rows of like length share one (less padding).
 
 The backbone runs once over the packed tokens; the LM head is applied only to the hidden states that predict a
 candidate token (the prompt's last position for each candidate's first token, then the candidate's own
@@ -310,13 +310,16 @@ def _score_chunk(model, prompts, candidates, chunk, offsets, total: int, attenti
     sums = torch.zeros(total, device=device)
     if targets.numel() == 0:
         return sums
-    # (the flex path keeps whole prompts: on the CPU, torch 2.13's FlexAttention fails to compile with fewer queries than keys)
+    # the flex path keeps whole prompts (on the CPU, torch 2.13's FlexAttention fails to compile with fewer queries
+    # than keys)
     prefix = _shared_prefix([prompts[piece.game] for piece in chunk]) if attention == "sdpa" else 0
     shared = None
     if prefix:  # its keys and values once, repeated for every row; the rows keep their absolute positions
-        shared = backbone(input_ids=input_ids[:1, :prefix], position_ids=positions[:1, :prefix], use_cache=True).past_key_values
+        head = slice(None, 1), slice(None, prefix)
+        shared = backbone(input_ids=input_ids[head], position_ids=positions[head], use_cache=True).past_key_values
         shared.batch_repeat_interleave(len(chunk))
-        input_ids, positions, segments, predictors = input_ids[:, prefix:], positions[:, prefix:], segments[:, prefix:], predictors - prefix
+        rest = slice(None), slice(prefix, None)
+        input_ids, positions, segments, predictors = input_ids[rest], positions[rest], segments[rest], predictors - prefix
     if attention == "flex":
         with _attention_implementation(model, "flex_attention"):
             hidden = backbone(
