@@ -139,6 +139,9 @@ class Trainer:
         seed_everything(config.run.seed)
         if config.train.deterministic:
             use_deterministic_algorithms()
+        # the walkthrough's states, found beside the models' and the games' start (Jericho lists each state: on the
+        # H100 with 256 detective games started after the models it kept the first iteration waiting 14 s)
+        self._walkthrough = _in_thread(self._find_walkthrough)
         self.startup = start_prior(config)  # placement, budgets, the retrying start: the report goes to startup.json
         self.prior: PriorModel = self.startup.prior
         self.device = self.startup.train_device
@@ -164,7 +167,6 @@ class Trainer:
         self.decisions: list[Decision] = []  # this iteration's collection decisions (for the search statistics)
         self._games: PoolGames | None = None
         self._collector: EpisodeLoop | None = None
-        self._walkthrough = _in_thread(self._find_walkthrough)  # beside the games' start (Jericho lists each state)
 
     @property
     def games(self) -> PoolGames:
