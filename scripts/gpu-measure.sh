@@ -21,7 +21,10 @@ out=${OUT:-/tmp/out}
 mkdir -p "$out"
 pz() { python3 -c 'from priorzero.cli import main; raise SystemExit(main())' "$@"; }
 nvidia-smi --query-gpu=name,memory.total,memory.used,utilization.gpu --format=csv >"$out/gpu.csv"
-git rev-parse --short HEAD >"$out/commit.txt" 2>/dev/null || true
+# which code ran: the lent machine's copy of the tree may carry an older HEAD than its files, so the digest of src/ too
+# (src_digest on a checkout of a commit gives the same 16 characters when that commit's src/ is what ran)
+src_digest() { (cd "${1:-.}" && find src -name '*.py' | LC_ALL=C sort | xargs sha256sum | sha256sum | cut -c1-16); }
+{ echo "HEAD $(git rev-parse --short HEAD 2>/dev/null || echo none)"; echo "src sha256 $(src_digest)"; } >"$out/commit.txt"
 # the `train` command of the train, profile and spy modes (each adds its --run-dir)
 train_args=(train --preset full --env-id "${GAME:-detective.z5}" --set env.num_envs="${NUM_ENVS:-64}" --max-env-steps "${STEPS:-1500}"
             --set train.eval_agents=[])
