@@ -1,8 +1,8 @@
 """Learning beside collection (`train.max_policy_lag` > 0).
 
-Each learner (`sample(buffer, rng)`, `step(batch, writing)`, `device`) makes its updates in a thread of its own while the
-collecting thread plays the games, so the language model's long updates (about a second each on an H200) never hold
-up the world model's short ones. The collecting thread drives them between steps, in `Trainer.learn`:
+Each learner (`sample(buffer, rng)`, `step(batch, writing)`, `device`) makes its updates in a thread of its own
+while the collecting thread plays the games, so the language model's long updates (about a second each on an H200)
+never hold up the world model's short ones. The collecting thread drives them between steps, in `Trainer.learn`:
 
     learning.owe({"wm": n})      # the updates the replay ratio owes each learner for the steps collected so far
     done = learning.publish()    # hand the newest weights to the acting models (`on_publish(name)`) unless that
