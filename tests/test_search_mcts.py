@@ -382,3 +382,39 @@ def test_graph_capture_that_runs_out_of_memory_releases_the_cache_once_then_sear
     assert "run eagerly" not in caplog.text  # warned once a process, not at every search
     with pytest.raises(ValueError):  # anything else is not a memory question
         capture_or_none(lambda: (_ for _ in ()).throw(ValueError("bug")), lambda: None)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs: needs a CUDA GPU")
+def test_captures_leave_a_thread_on_a_stream_of_its_own_alone():
+    """The search's captures beside a learner thread on a pool stream of its own (train/background.py): on fresh
+    pool streams a capture came round to the learner's within 32 (docs/benchmarks.md, "A thread per learner")."""
+    import threading
+
+    from priorzero.search.mcts import _capturing, capture_stream
+
+    device = torch.device("cuda", torch.cuda.current_device())
+    assert capture_stream(device) is capture_stream(device)
+    stop, errors = threading.Event(), []
+
+    def copier() -> None:
+        try:
+            with torch.cuda.stream(torch.cuda.Stream(device)):
+                while not stop.is_set():
+                    torch.randn(64, 16).to(device).sum().tolist()
+        except Exception as exc:  # noqa: BLE001 - asserted below
+            errors.append(exc)
+
+    thread = threading.Thread(target=copier, daemon=True)
+    thread.start()
+    x = torch.zeros(1024, device=device)
+    try:
+        for _ in range(80):  # more than the 32 streams of a priority's pool
+            graph = torch.cuda.CUDAGraph()
+            with _capturing(graph, capture_stream(device)):
+                y = x * 1.0001 + 1
+            graph.replay()
+        torch.cuda.synchronize(device)
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+    assert not errors and torch.allclose(y, torch.ones_like(y))
