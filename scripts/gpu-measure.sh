@@ -15,7 +15,8 @@
 #       # 85% of the GPU unless EXTRA gives one (15 runs with the default budget ran an H200 out of memory)
 #   VARIANTS='old|.devcarry/old/src|;new||;bigwm||--set train.wm_batch_size=256' GAME=... bash scripts/gpu-measure.sh compare
 #       # `train` runs one after the other (label|source tree to run instead of src/, if any|extra options), each
-#       # from an empty Jericho listing cache; their logs, metrics and GPU samples in $OUT/compare.tgz
+#       # from an empty Jericho listing cache; their logs, metrics and GPU samples in $OUT/compare.tgz; REPEATS=N
+#       # runs the variants N times, alternately, for medians
 set -uo pipefail
 out=${OUT:-/tmp/out}
 mkdir -p "$out"
@@ -91,11 +92,14 @@ agents)
   ;;
 compare)
   IFS=';' read -ra variants <<<"${VARIANTS:?}"
-  for variant in "${variants[@]}"; do
-    IFS='|' read -r label tree extra <<<"$variant"
-    rm -rf "${PRIORZERO_CACHE_DIR:-/tmp/pzcache}/jericho-valid"  # every run lists from scratch
-    PYTHONPATH=${tree:+$PWD/$tree:}$PYTHONPATH python3 -c 'import priorzero; print("priorzero from", priorzero.__file__)'
-    PYTHONPATH=${tree:+$PWD/$tree:}$PYTHONPATH LABEL=$label EXTRA=$extra bash "$0" train
+  for rep in $(seq 1 "${REPEATS:-1}"); do  # REPEATS=N: the variants N times, alternately (labels get -rK)
+    for variant in "${variants[@]}"; do
+      IFS='|' read -r label tree extra <<<"$variant"
+      [ "${REPEATS:-1}" -gt 1 ] && label=$label-r$rep
+      rm -rf "${PRIORZERO_CACHE_DIR:-/tmp/pzcache}/jericho-valid"  # every run lists from scratch
+      PYTHONPATH=${tree:+$PWD/$tree:}$PYTHONPATH python3 -c 'import priorzero; print("priorzero from", priorzero.__file__)'
+      PYTHONPATH=${tree:+$PWD/$tree:}$PYTHONPATH LABEL=$label EXTRA=$extra bash "$0" train
+    done
   done
   (cd "$out" && tar -czf compare.tgz train-*.log metrics-*.jsonl util-*.txt && rm -f train-*.log metrics-*.jsonl util-*.txt)
   ;;
