@@ -46,6 +46,17 @@ def test_spacy_pipeline_is_installed_once():
     assert sys.modules["jericho.util"].spacy_nlp is nlp
 
 
+def test_a_preloaded_pipeline_follows_the_games_parse_cache_setting():
+    """The fork server loads the pipeline with its parse cache; a game with parse_cache=False gets the bare one,
+    the same object, and one with the cache gets it wrapped again: no second load."""
+    use_spacy_pipeline()
+    cached = sys.modules["jericho.util"].spacy_nlp
+    use_spacy_pipeline(cache_texts=False)
+    assert sys.modules["jericho.util"].spacy_nlp is cached.nlp
+    use_spacy_pipeline()
+    assert sys.modules["jericho.util"].spacy_nlp.nlp is cached.nlp
+
+
 def test_story_files_resolve_game_dir_then_variable_then_default(jericho_dir, tmp_path, monkeypatch):
     first, second = tmp_path / "first", tmp_path / "second"
     for directory in (first, second):

@@ -1,7 +1,10 @@
 """GamePool: real games in worker processes; a worker that really hangs or dies is killed and restarted."""
 
 import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -121,6 +124,40 @@ def test_detective_through_the_pool_with_valid_commands(jericho_dir):
         walkthrough = pool.walkthrough(0)
         result = pool.step([walkthrough[0]])[0]
         assert result.observation.valid_commands and not result.truncated
+
+
+class ReportsPreloadedSpacyForTests:
+    """Test-only game: a real game whose walkthrough() answers whether spaCy's pipeline was loaded in its worker
+    before the game opened (inherited from the fork server)."""
+
+    def __init__(self, game, preloaded: bool):
+        self.game, self.preloaded = game, preloaded
+
+    def walkthrough(self):
+        return self.preloaded
+
+    def close(self):
+        self.game.close()
+
+
+def make_game_reporting_preloaded_spacy_for_tests(env_id, env_config):
+    preloaded = getattr(sys.modules.get("jericho.util"), "spacy_nlp", None) is not None
+    return ReportsPreloadedSpacyForTests(make_game(env_id, env_config), preloaded)
+
+
+def preloaded_in_fresh_pool(game_dir: str) -> bool:
+    """Run in a fresh interpreter (the fork server is one per process, preloaded when the first pool starts)."""
+    config = EnvConfig(game_dir=Path(game_dir))
+    with GamePool(["detective.z5"], config, game_factory=make_game_reporting_preloaded_spacy_for_tests) as pool:
+        return pool.walkthrough(0)
+
+
+def test_jericho_workers_start_with_the_fork_servers_spacy_pipeline(jericho_dir):
+    """Each worker used to load the pipeline itself (half a second of CPU each: seconds of start-up for 256)."""
+    code = f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import test_pool; print(test_pool.preloaded_in_fresh_pool({str(jericho_dir)!r}))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "True"
 
 
 def test_a_worker_whose_parent_went_away_ends_quietly(default_game_file, env_config):

@@ -14,7 +14,6 @@ in-process run.
 from __future__ import annotations
 
 import json
-import multiprocessing
 import os
 import random
 import shutil
@@ -33,6 +32,7 @@ from priorzero.cli import ConfigFileOpt, GameDirOpt, SetOpt, resolve_config
 from priorzero.config import EnvConfig
 from priorzero.envs import GamePool, Observation, make_game
 from priorzero.envs.base import StepLimit
+from priorzero.envs.pool import worker_context
 from priorzero.envs.registry import resolve
 from priorzero.errors import UserError
 
@@ -163,8 +163,7 @@ def _ceiling_worker(
 def time_ceiling(env_id: str, config: EnvConfig, workers: int, seconds: float, seed: int, cache_dir: Path | None) -> tuple[float, int, int, int]:
     """Steps/s of `workers` processes playing one game at once for about `seconds` (the sum of each process's
     steps over its own time; a process finishes the step under way when the window closes), and the summed counts."""
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["jericho", "spacy", "priorzero.envs.jericho_game"])
+    context = worker_context({"jericho"})
     barrier, results = context.Barrier(workers), context.Queue()
     processes = [
         context.Process(target=_ceiling_worker, args=(env_id, config, str(cache_dir) if cache_dir else None, seed + i, seconds, barrier, results), daemon=True)

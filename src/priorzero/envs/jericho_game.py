@@ -106,9 +106,12 @@ def use_spacy_pipeline(cache_texts: bool = True) -> None:
     The parser stays in: spaCy's attribute ruler uses it, and Jericho reads the resulting POS tags.
     """
     jericho_util = importlib.import_module("jericho.util")
-    if getattr(jericho_util, "spacy_nlp", None) is not None:
+    current = getattr(jericho_util, "spacy_nlp", None)
+    if current is not None and isinstance(current, CachedPipeline) == cache_texts:
         return
-    nlp = load_spacy_pipeline()
+    nlp = current.nlp if isinstance(current, CachedPipeline) else current  # loaded already (by the fork server, say)
+    if nlp is None:
+        nlp = load_spacy_pipeline()
     jericho_util.spacy_nlp = CachedPipeline(nlp) if cache_texts else nlp
 
 

@@ -9,7 +9,8 @@ returned as usual. The caller is never blocked beyond `env.call_timeout_s` per c
 `env.start_timeout_s` when a worker is still starting).
 
 Workers come from the "forkserver" start method (never fork a process that may hold torch threads); the
-fork server preloads the game libraries so a restart costs milliseconds, not the seconds of a fresh import.
+fork server preloads the game libraries (and spaCy's pipeline for Jericho) so a start or restart costs milliseconds,
+not the seconds of a fresh import.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from priorzero.errors import UserError
 log = logging.getLogger(__name__)
 
 GameFactory = Callable[[str, EnvConfig], TextGame]
-_PRELOAD = {"textworld": ["textworld", "priorzero.envs.textworld_game"], "jericho": ["jericho", "spacy", "priorzero.envs.jericho_game"]}
+_PRELOAD = {"textworld": ["textworld", "priorzero.envs.textworld_game"], "jericho": ["jericho", "spacy", "priorzero.envs.jericho_preload"]}
 
 
 @dataclass
@@ -106,7 +107,9 @@ class _Worker:
         return f"worker crashed (exit code {self.process.exitcode})"
 
 
-def _context(backends: set[str]) -> Any:
+def worker_context(backends: set[str]) -> Any:
+    """The "forkserver" multiprocessing context for game workers of these backends, the fork server preloading
+    their libraries (and, for Jericho, spaCy's pipeline: envs/jericho_preload.py)."""
     context = multiprocessing.get_context("forkserver")
     # Takes effect only if the fork server is not running yet.
     modules = sorted({module for backend in backends for module in _PRELOAD[backend]})
@@ -132,7 +135,7 @@ class GamePool:
         self.env_config = env_config
         self.stats = PoolStats()
         self._factory = game_factory
-        self._context = _context(backends)
+        self._context = worker_context(backends)
         self._workers = [self._start(env_id) for env_id in self.env_ids]
         self._last: list[Observation | None] = [None] * len(self.env_ids)
         self._episode_over = [True] * len(self.env_ids)
