@@ -1,16 +1,17 @@
 """The packed scorer on detective-shaped batches whose prompts share a prefix, to time one tree against another:
 
-    PYTHONPATH=OLD/src python3 scripts/bench_shared_prefix.py [DEVICE [GAMES [REPEATS [random]]]]   # the tree before
-    PYTHONPATH=src python3 scripts/bench_shared_prefix.py [DEVICE [GAMES [REPEATS [random]]]]       # this tree
+    PYTHONPATH=OLD/src python3 scripts/bench_shared_prefix.py [DEVICE [GAMES [REPEATS [WEIGHTS [BUDGET]]]]]   # the tree before
+    PYTHONPATH=src python3 scripts/bench_shared_prefix.py [DEVICE [GAMES [REPEATS [WEIGHTS [BUDGET]]]]]       # this tree
 
 Each prompt is the same 227 tokens (detective.z5's chat frame, instructions and opening text, measured with the
 embedded SmolLM2's tokenizer) followed by 20-300 tokens of its own (its history and observation: detective's prompts
 run to 240-540 tokens); each game has 2-5 commands of 1-3 tokens (detective's 2-5 valid commands). Token ids are
 seeded random, so every run scores the same batch; the printed checksum (the sum of every command's log-probability)
 says whether two trees computed the same scores. Prints the median seconds of REPEATS (default 5) calls after one
-untimed warm-up. DEVICE: cpu (default; float32, 2 threads) or cuda (bfloat16); GAMES: default 16. `random`: random
-weights of SmolLM2-135M's architecture (`bench prior --random-arch smollm2-135m`, seeded; the time does not depend on
-the weights), so neither the embedded model nor PriorZero's configuration (pydantic) is needed.
+untimed warm-up. DEVICE: cpu (default; float32, 2 threads) or cuda (bfloat16); GAMES: default 16. WEIGHTS: embedded
+(default) or random: random weights of SmolLM2-135M's architecture (`bench prior --random-arch smollm2-135m`, seeded; the time does not depend on
+the weights), so neither the embedded model nor PriorZero's configuration (pydantic) is needed. BUDGET: the most
+(padded) tokens in one forward pass, default 16384 (llm.score_token_budget's default).
 """
 
 import random
@@ -36,7 +37,7 @@ def load(device: str, weights: str):
     return lm.model, lm.tokenizer.vocab_size
 
 
-def main(device: str = "cpu", games: int = 16, repeats: int = 5, weights: str = "embedded") -> None:
+def main(device: str = "cpu", games: int = 16, repeats: int = 5, weights: str = "embedded", budget: int = 16384) -> None:
     if device == "cpu":
         torch.set_num_threads(2)
     model, vocab = load(device, weights)
@@ -46,7 +47,7 @@ def main(device: str = "cpu", games: int = 16, repeats: int = 5, weights: str = 
     commands = [[[rng.randrange(vocab) for _ in range(rng.randint(1, 3))] for _ in range(rng.randint(2, 5))] for _ in prompts]
 
     def call() -> float:
-        scores = score_candidates(model, prompts, commands, 16384)
+        scores = score_candidates(model, prompts, commands, budget)
         return float(sum(s.logprob_sum.sum() for s in scores))  # reads the result: waits for the device
 
     checksum = call()
@@ -55,9 +56,9 @@ def main(device: str = "cpu", games: int = 16, repeats: int = 5, weights: str = 
         start = time.perf_counter()
         call()
         times.append(time.perf_counter() - start)
-    print(f"{device} {games} games ({weights} weights): median {statistics.median(times) * 1e3:.1f} ms of {repeats} "
+    print(f"{device} {games} games ({weights} weights, budget {budget}): median {statistics.median(times) * 1e3:.1f} ms of {repeats} "
           f"({', '.join(f'{t * 1e3:.1f}' for t in times)}); checksum {checksum:.3f}")
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:2], *(int(a) for a in sys.argv[2:4]), *sys.argv[4:5])
+    main(*sys.argv[1:2], *(int(a) for a in sys.argv[2:4]), *sys.argv[4:5], *(int(a) for a in sys.argv[5:6]))

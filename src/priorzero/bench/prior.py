@@ -38,6 +38,7 @@ from priorzero.llm.scorer import (
     CandidateScores,
     _split_causal_lm,
     head_logits,
+    kv_cache_argument,
     resolve_attention,
     score_candidates,
     token_logprobs,
@@ -123,16 +124,17 @@ def score_cached(model, prompts, candidates) -> list[CandidateScores]:
 
     backbone, lm_head = _split_causal_lm(model)
     device = next(model.parameters()).device
+    name = kv_cache_argument(type(backbone))
     results = []
     with torch.no_grad():
         for prompt, cands in zip(prompts, candidates):
             cache = DynamicCache(config=model.config)
-            out = backbone(input_ids=torch.tensor([prompt], device=device), past_key_values=cache, use_cache=True)
+            out = backbone(input_ids=torch.tensor([prompt], device=device), use_cache=True, **{name: cache})
             first = head_logits(lm_head, out.last_hidden_state[:, -1])[0].log_softmax(-1)
             cache.batch_repeat_interleave(len(cands))
             ids = torch.tensor(cands, device=device)  # equal lengths in the benchmark
             positions = torch.arange(len(prompt), len(prompt) + ids.shape[1], device=device).expand_as(ids)
-            hidden = backbone(input_ids=ids, past_key_values=cache, position_ids=positions, use_cache=True).last_hidden_state
+            hidden = backbone(input_ids=ids, position_ids=positions, use_cache=True, **{name: cache}).last_hidden_state
             rest = token_logprobs(lm_head, hidden[:, :-1], ids[:, 1:]).sum(1)
             results.append(CandidateScores(first[ids[:, 0]] + rest, torch.full((len(cands),), ids.shape[1])))
     return results

@@ -33,6 +33,8 @@ prompt and candidates exceed the budget is split into several sequences that eac
 from __future__ import annotations
 
 import contextlib
+import functools
+import inspect
 import itertools
 import logging
 from dataclasses import dataclass, field
@@ -70,6 +72,13 @@ def _split_causal_lm(model) -> tuple[torch.nn.Module, torch.nn.Module]:
     """(backbone returning hidden states, LM head), looking through a PEFT wrapper."""
     causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
     return getattr(causal_lm, causal_lm.base_model_prefix), causal_lm.get_output_embeddings()
+
+
+@functools.cache
+def kv_cache_argument(backbone_class: type) -> str:
+    """The name a transformers backbone takes its KV cache by and returns it under: `cache` from transformers 5.24
+    (where the old name warns, until 5.40 removes it), `past_key_values` before."""
+    return "cache" if "cache" in inspect.signature(backbone_class.forward).parameters else "past_key_values"
 
 
 def _model_device(model) -> torch.device:
@@ -316,7 +325,7 @@ def _score_chunk(model, prompts, candidates, chunk, offsets, total: int, attenti
     shared = None
     if prefix:  # its keys and values once, repeated for every row; the rows keep their absolute positions
         head = slice(None, 1), slice(None, prefix)
-        shared = backbone(input_ids=input_ids[head], position_ids=positions[head], use_cache=True).past_key_values
+        shared = backbone(input_ids=input_ids[head], position_ids=positions[head], use_cache=True)[kv_cache_argument(type(backbone))]
         shared.batch_repeat_interleave(len(chunk))
         rest = slice(None), slice(prefix, None)
         input_ids, positions, segments, predictors = input_ids[rest], positions[rest], segments[rest], predictors - prefix
@@ -327,9 +336,8 @@ def _score_chunk(model, prompts, candidates, chunk, offsets, total: int, attenti
             ).last_hidden_state
     else:
         mask = block_attention_mask(segments, lm_head.weight.dtype, prefix)
-        hidden = backbone(
-            input_ids=input_ids, attention_mask=mask, position_ids=positions, past_key_values=shared, use_cache=False
-        ).last_hidden_state
+        cache = {kv_cache_argument(type(backbone)): shared} if shared is not None else {}
+        hidden = backbone(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=False, **cache).last_hidden_state
     return sums.index_add(0, owners, token_logprobs(lm_head, hidden[rows, predictors], targets))
 
 
