@@ -11,7 +11,8 @@ says whether two trees computed the same scores. Prints the median seconds of RE
 untimed warm-up. DEVICE: cpu (default; float32, 2 threads) or cuda (bfloat16); GAMES: default 16. WEIGHTS: embedded
 (default) or random: random weights of SmolLM2-135M's architecture (`bench prior --random-arch smollm2-135m`, seeded; the time does not depend on
 the weights), so neither the embedded model nor PriorZero's configuration (pydantic) is needed. BUDGET: the most
-(padded) tokens in one forward pass, default 16384 (llm.score_token_budget's default).
+(padded) tokens in one forward pass, default 16384 (llm.score_token_budget's default). On CUDA one more call runs
+under PyTorch's profiler and the line after the timing says how much of it the GPU's kernels took.
 """
 
 import random
@@ -58,6 +59,16 @@ def main(device: str = "cpu", games: int = 16, repeats: int = 5, weights: str = 
         times.append(time.perf_counter() - start)
     print(f"{device} {games} games ({weights} weights, budget {budget}): median {statistics.median(times) * 1e3:.1f} ms of {repeats} "
           f"({', '.join(f'{t * 1e3:.1f}' for t in times)}); checksum {checksum:.3f}")
+    if device == "cuda":  # one more call under the profiler: how much of it the GPU was busy, and how many kernels
+        from torch.profiler import ProfilerActivity, profile
+
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            start = time.perf_counter()
+            call()
+            wall = time.perf_counter() - start
+        kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+        busy = sum(e.time_range.elapsed_us() for e in kernels) / 1e3  # one stream: the kernels do not overlap
+        print(f"  profiled call: {wall * 1e3:.1f} ms, GPU kernels {busy:.1f} ms ({busy / (wall * 1e3):.0%}), {len(kernels)} kernels")
 
 
 if __name__ == "__main__":
