@@ -112,6 +112,17 @@ def test_crashed_worker_is_restarted_and_reported(fragile_pool):
     assert pool.reset([None, None])[0].moves == 0
 
 
+def test_worker_nice_lowers_the_game_workers_priority_only(default_game_file):
+    own = os.getpriority(os.PRIO_PROCESS, 0)
+    with GamePool([DEFAULT, DEFAULT], EnvConfig(worker_nice=3)) as pool:
+        pool.reset([0, 1])  # both workers have opened their game
+        assert [os.getpriority(os.PRIO_PROCESS, pid) for pid in pool.pids] == [min(own + 3, 19)] * 2
+    with GamePool([DEFAULT], EnvConfig()) as pool:  # the default leaves them at the caller's priority
+        pool.reset([0])
+        assert os.getpriority(os.PRIO_PROCESS, pool.pids[0]) == own
+    assert os.getpriority(os.PRIO_PROCESS, 0) == own
+
+
 def test_bad_env_id_fails_in_the_caller_before_any_worker_starts(env_config):
     with pytest.raises(UserError, match="unknown env id"):
         GamePool(["nope"], env_config)

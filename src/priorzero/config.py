@@ -131,6 +131,9 @@ class EnvConfig(_Section):
     valid_commands: bool = Field(True, description="Ask the game for its valid commands every step (off: faster, observations list none).")
     call_timeout_s: float = Field(60.0, gt=0, le=86_400, description="Longest a single call into a game may take; then its worker is killed and restarted (Jericho's valid commands can take 10 s on a busy CPU).")
     start_timeout_s: float = Field(120.0, gt=0, le=86_400, description="Longest a worker may take to start and open its game.")
+    worker_nice: int = Field(
+        0, ge=0, le=19, description="Added to every game worker's nice value (Unix scheduling priority): with more busy games than cores, the training process's threads (the models' forward passes and searches, the learners) then get a core before the games do. 0: the workers run at the training process's own priority."
+    )
 
 
 class LLMConfig(_Section):

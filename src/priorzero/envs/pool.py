@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
 import signal
 import time
 from dataclasses import dataclass
@@ -46,6 +47,8 @@ def _worker_main(conn: Connection, env_id: str, env_config: EnvConfig, factory: 
     """A worker's whole life: open the game, then answer (method, args) requests until told to close, or until the
     parent goes away (stopped by Ctrl-C while the game opened, say): then it ends quietly."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    if env_config.worker_nice:
+        os.nice(env_config.worker_nice)
     try:
         _serve(conn, env_id, env_config, factory)
     except (EOFError, BrokenPipeError, ConnectionResetError):  # the parent's end of the pipe is closed
