@@ -104,6 +104,27 @@ def test_the_shared_prefix_runs_once_and_changes_nothing(lm, textworld_batch, mo
     assert _max_diff(shared, whole) < 1e-4
 
 
+@pytest.mark.slow
+def test_a_prefix_cache_runs_the_shared_prefix_once_across_calls(lm, textworld_batch):
+    prompts, cands = textworld_batch
+    cache = scorer.PrefixCache()
+    calls = []
+    handle = scorer._split_causal_lm(lm.model)[0].register_forward_pre_hook(lambda _, args, kwargs: calls.append(kwargs["input_ids"].shape[0]), with_kwargs=True)
+    try:
+        first = score_candidates(lm.model, prompts, cands, token_budget=4096, prefix_cache=cache)
+        again = score_candidates(lm.model, prompts, cands, token_budget=4096, prefix_cache=cache)
+        plain = score_candidates(lm.model, prompts, cands, token_budget=4096)
+        cache.clear()
+        cleared = score_candidates(lm.model, prompts, cands, token_budget=4096, prefix_cache=cache)
+    finally:
+        handle.remove()
+    assert calls == [1, 2, 2, 1, 2, 1, 2]  # prefix and rows; the rows alone (the prefix kept); no cache; cleared
+    for scores in (first, again, cleared):
+        assert _max_diff(scores, plain) == 0.0  # the same keys and values, so the same scores
+    with pytest.raises(ValueError, match="grad=True"):
+        score_candidates(lm.model, prompts, cands, token_budget=4096, grad=True, prefix_cache=cache)
+
+
 def test_shared_prefix_leaves_every_prompt_its_last_token(monkeypatch):
     monkeypatch.setattr(scorer, "_MIN_SHARED_PREFIX", 2)
     monkeypatch.setattr(scorer, "_LENGTH_MULTIPLE", 1)

@@ -1,6 +1,7 @@
 """Score every valid command of many game states in a few packed forward passes; turn the scores into a prior.
 
-    score_candidates(model, prompts, candidates, token_budget, grad=False, attention="auto") -> list[CandidateScores]
+    score_candidates(model, prompts, candidates, token_budget, grad=False, attention="auto", prefix_cache=None)
+        -> list[CandidateScores]
     scores_on_host(scores) -> list[CandidateScores]                              # one copy to the CPU, for priors
     candidate_prior(scores, reduction="sum", temperature=1.0, stats=None) -> Tensor[K]
     score_each_alone(model, prompts, candidates) -> list[CandidateScores]      # the slow reference
@@ -17,7 +18,10 @@ flex path measured slower at every benchmark shape, and on the CPU FlexAttention
 With the sdpa mask, the tokens every prompt of a forward pass begins with (the chat frame, the instructions and,
 within one game, the opening text: 227 of detective's 240-540 prompt tokens) run once, as one sequence whose keys
 and values every row then attends to (`_shared_prefix`); the rows hold only what follows. Games are sorted by length
-before they are cut into forward passes, so rows of like length share one (less padding).
+before they are cut into forward passes, so rows of like length share one (less padding). A scorer that calls again
+and again without gradients (the acting prior) keeps the prefix's keys and values between calls (`PrefixCache`): a
+game's prompts begin with the same tokens call after call, and the prefix's own forward pass is a whole pass of the
+model's layers (as many kernel launches as the rows' pass, on a GPU) for one short sequence.
 
 The backbone runs once over the packed tokens; the LM head is applied only to the hidden states that predict a
 candidate token (the prompt's last position for each candidate's first token, then the candidate's own
@@ -33,11 +37,14 @@ prompt and candidates exceed the budget is split into several sequences that eac
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 import inspect
 import itertools
 import logging
+from collections import OrderedDict
 from dataclasses import dataclass, field
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -309,7 +316,34 @@ def _shared_prefix(prompt_lists: list[list[int]]) -> int:
     return length if length >= _MIN_SHARED_PREFIX else 0
 
 
-def _score_chunk(model, prompts, candidates, chunk, offsets, total: int, attention: str) -> torch.Tensor:
+class PrefixCache:
+    """The keys and values of the last few shared prefixes (`_shared_prefix`) one scorer ran, for its next forward
+    passes whose rows begin with the same tokens. Only for scoring without gradients. Keyed by the model object and
+    the prefix's token ids, so a model put in another's place misses; whoever changes a model's weights in place
+    clears it (HFPrior.receive_weights)."""
+
+    SIZE = 4  # prefixes kept: one per game played, a few games at a time at most
+
+    def __init__(self) -> None:
+        self._entries: OrderedDict[tuple, Any] = OrderedDict()
+
+    def get(self, model: torch.nn.Module, tokens: list[int], run: Callable[[], Any]) -> Any:
+        """A fresh copy of the cache `run()` returns for these tokens (run now only when not kept): the rows' forward
+        pass writes into the copy it is given."""
+        key = (id(model), tuple(tokens))
+        if key in self._entries:
+            self._entries.move_to_end(key)
+        else:
+            self._entries[key] = run()
+            if len(self._entries) > self.SIZE:
+                self._entries.popitem(last=False)
+        return copy.deepcopy(self._entries[key])
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+
+def _score_chunk(model, prompts, candidates, chunk, offsets, total: int, attention: str, prefix_cache: PrefixCache | None) -> torch.Tensor:
     """[total] float32: this chunk's candidates' summed log-probabilities at their flat indices, zero elsewhere."""
     backbone, lm_head = _split_causal_lm(model)
     device = _model_device(model)
@@ -325,7 +359,11 @@ def _score_chunk(model, prompts, candidates, chunk, offsets, total: int, attenti
     shared = None
     if prefix:  # its keys and values once, repeated for every row; the rows keep their absolute positions
         head = slice(None, 1), slice(None, prefix)
-        shared = backbone(input_ids=input_ids[head], position_ids=positions[head], use_cache=True)[kv_cache_argument(type(backbone))]
+
+        def run_prefix():
+            return backbone(input_ids=input_ids[head], position_ids=positions[head], use_cache=True)[kv_cache_argument(type(backbone))]
+
+        shared = prefix_cache.get(model, prompts[chunk[0].game][:prefix], run_prefix) if prefix_cache is not None else run_prefix()
         shared.batch_repeat_interleave(len(chunk))
         rest = slice(None), slice(prefix, None)
         input_ids, positions, segments, predictors = input_ids[rest], positions[rest], segments[rest], predictors - prefix
@@ -348,18 +386,22 @@ def score_candidates(
     token_budget: int,
     grad: bool = False,
     attention: str = "auto",
+    prefix_cache: PrefixCache | None = None,
 ) -> list[CandidateScores]:
     """Per game, each candidate's summed log-probability after the game's prompt, and its token count.
 
     prompts[g] are game g's prompt ids; candidates[g][k] the ids of its k-th command (see prompts.encode_candidates).
     Forward passes hold at most `token_budget` tokens (a single oversized candidate still runs, alone).
-    `attention`: 'auto' (= 'sdpa'), 'sdpa' or 'flex' (see `resolve_attention`)."""
+    `attention`: 'auto' (= 'sdpa'), 'sdpa' or 'flex' (see `resolve_attention`). `prefix_cache`: keep the shared
+    prefixes' keys and values there for the next calls (no gradients through them, so not with `grad`)."""
     if len(prompts) != len(candidates):
         raise ValueError(f"{len(prompts)} prompts but {len(candidates)} candidate lists")
     if any(not prompt for prompt in prompts):
         raise ValueError("every prompt needs at least one token")
     device = _model_device(model)
     attention = resolve_attention(model, attention)
+    if grad and prefix_cache is not None:
+        raise ValueError("prefix_cache keeps keys and values without their graph; score with grad=True without it")
     if attention == "flex" and grad and device.type != "cuda":
         raise ValueError("attention='flex' has no backward pass on the CPU (torch's FlexAttention); use 'sdpa' or 'auto'")
     sizes = [len(cands) for cands in candidates]
@@ -368,7 +410,7 @@ def score_candidates(
         sums = torch.zeros(sum(sizes), device=device)
         pieces = sorted(_pieces(prompts, candidates, token_budget), key=lambda piece: piece.length)  # like lengths together
         for chunk in _chunks(pieces, token_budget):
-            sums = sums + _score_chunk(model, prompts, candidates, chunk, offsets, sum(sizes), attention)
+            sums = sums + _score_chunk(model, prompts, candidates, chunk, offsets, sum(sizes), attention, prefix_cache)
     num_tokens = torch.tensor([len(c) for cands in candidates for c in cands], dtype=torch.long).to(device)
     return [CandidateScores(game_sums, game_tokens) for game_sums, game_tokens in zip(sums.split(sizes), num_tokens.split(sizes))]
 

@@ -18,7 +18,7 @@ import torch
 
 from priorzero.llm.loading import LanguageModel, load_language_model
 from priorzero.llm.prior import PreparedState, PriorInput, prepare_states
-from priorzero.llm.scorer import PriorStats, candidate_prior, score_candidates, scores_on_host
+from priorzero.llm.scorer import PrefixCache, PriorStats, candidate_prior, score_candidates, scores_on_host
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +59,7 @@ class HFPrior:
         self.config = llm_config
         self.token_budget = token_budget or llm_config.score_token_budget
         self.stats = PriorStats()
+        self.prefix_cache = PrefixCache()  # the prompts' shared prefix, run once per version of the weights
         self.version = 0
         # a model of its own beside the one the learner trains (another GPU's scorer, or the acting copy when the
         # language model learns beside collection)
@@ -71,6 +72,7 @@ class HFPrior:
             copy_trained_weights(model, self.lm.model)
         else:
             self.lm.model = model
+        self.prefix_cache.clear()
         self.version = version
 
     @classmethod
@@ -93,6 +95,6 @@ class HFPrior:
     def prior_from_prepared(self, prepared: list[PreparedState]) -> list[torch.Tensor]:
         """`prior` for states whose prompts and candidates are already encoded (callers that keep the prompt ids)."""
         scores = score_candidates(
-            self.lm.model, [p.prompt_ids for p in prepared], [p.candidate_ids for p in prepared], self.token_budget
+            self.lm.model, [p.prompt_ids for p in prepared], [p.candidate_ids for p in prepared], self.token_budget, prefix_cache=self.prefix_cache
         )
         return [candidate_prior(s, self.config.score_reduction, self.config.prior_temperature, self.stats) for s in scores_on_host(scores)]
