@@ -148,7 +148,9 @@ class LLMConfig(_Section):
     show_valid_commands: bool = Field(False, description="List the valid commands in the prompt (off: higher MRR with SmolLM2, docs/prior.md).")
     score_reduction: Literal["sum", "mean"] = Field("sum", description="Softmax over each command's summed or per-token mean log-probability.")
     prior_temperature: float = Field(3.0, gt=0, description="Divides the command scores before the softmax (SmolLM2-135M puts ~1.0 on one command at 1; docs/results.md).")
-    score_token_budget: int = Field(16384, ge=256, le=10_000_000, description="Most tokens (padded) in one scoring forward pass.")
+    score_token_budget: int = Field(
+        16384, ge=256, le=10_000_000, description="Most tokens (padded) in one scoring forward pass where no memory budget sets it: on the CPU, and for the trainable copy beside a vLLM engine. A transformers scorer on a GPU takes as many as fit its memory budget instead (llm.gpu_memory; 313,745 on an H100 with the default budget: a 256-game batch in one pass), which measured 3.5x faster than 16,384 there (docs/benchmarks.md)."
+    )
 
 
 class SearchConfig(_Section):
