@@ -57,6 +57,7 @@ train)
   nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader,nounits -l 1 >"$out/util-$label.txt" &
   smi=$!
   start=$(date +%s.%N)
+  rm -rf "/tmp/pz-$label"  # scratch: an earlier call's run of this label on the same warm machine would make train refuse
   timeout -s INT "${TRAIN_S:-200}" python3 -c 'from priorzero.cli import main; raise SystemExit(main())' "${train_args[@]}" \
     --run-dir "/tmp/pz-$label" ${EXTRA:-} >"$out/train-$label.log" 2>&1
   echo "$label: rc $? wall $(python3 -c "import time; print(round(time.time() - $start, 1))") s"
