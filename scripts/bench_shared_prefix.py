@@ -1,7 +1,7 @@
 """The packed scorer on detective-shaped batches whose prompts share a prefix, to time one tree against another:
 
-    PYTHONPATH=OLD/src python3 scripts/bench_shared_prefix.py [DEVICE [GAMES [REPEATS [WEIGHTS [BUDGET]]]]]   # the tree before
-    PYTHONPATH=src python3 scripts/bench_shared_prefix.py [DEVICE [GAMES [REPEATS [WEIGHTS [BUDGET]]]]]       # this tree
+    PYTHONPATH=OLD/src python3 scripts/bench_shared_prefix.py [DEVICE [GAMES [REPEATS [WEIGHTS [BUDGET [CACHE]]]]]]   # the tree before
+    PYTHONPATH=src python3 scripts/bench_shared_prefix.py [DEVICE [GAMES [REPEATS [WEIGHTS [BUDGET [CACHE]]]]]]       # this tree
 
 Each prompt is the same 227 tokens (detective.z5's chat frame, instructions and opening text, measured with the
 embedded SmolLM2's tokenizer) followed by 20-300 tokens of its own (its history and observation: detective's prompts
@@ -12,7 +12,9 @@ untimed warm-up. DEVICE: cpu (default; float32, 2 threads) or cuda (bfloat16); G
 (default) or random: random weights of SmolLM2-135M's architecture (`bench prior --random-arch smollm2-135m`, seeded; the time does not depend on
 the weights), so neither the embedded model nor PriorZero's configuration (pydantic) is needed. BUDGET: the most
 (padded) tokens in one forward pass, default 16384 (llm.score_token_budget's default). On CUDA one more call runs
-under PyTorch's profiler and the line after the timing says how much of it the GPU's kernels took.
+under PyTorch's profiler and the line after the timing says how much of it the GPU's kernels took. CACHE: none
+(default) or prefix-cache: every call scores with one `scorer.PrefixCache`, as the acting prior does, so the calls
+after the warm-up reuse the prefix's keys and values (trees from commit bc866b4 on).
 """
 
 import random
@@ -38,7 +40,7 @@ def load(device: str, weights: str):
     return lm.model, lm.tokenizer.vocab_size
 
 
-def main(device: str = "cpu", games: int = 16, repeats: int = 5, weights: str = "embedded", budget: int = 16384) -> None:
+def main(device: str = "cpu", games: int = 16, repeats: int = 5, weights: str = "embedded", budget: int = 16384, cache: str = "none") -> None:
     if device == "cpu":
         torch.set_num_threads(2)
     model, vocab = load(device, weights)
@@ -47,8 +49,15 @@ def main(device: str = "cpu", games: int = 16, repeats: int = 5, weights: str = 
     prompts = [prefix + [rng.randrange(vocab) for _ in range(rng.randint(20, 300))] for _ in range(games)]
     commands = [[[rng.randrange(vocab) for _ in range(rng.randint(1, 3))] for _ in range(rng.randint(2, 5))] for _ in prompts]
 
+    prefix_cache = None
+    if cache == "prefix-cache":
+        from priorzero.llm.scorer import PrefixCache
+
+        prefix_cache = PrefixCache()
+    extra = {"prefix_cache": prefix_cache} if prefix_cache is not None else {}  # the tree before has no such argument
+
     def call() -> float:
-        scores = score_candidates(model, prompts, commands, budget)
+        scores = score_candidates(model, prompts, commands, budget, **extra)
         return float(sum(s.logprob_sum.sum() for s in scores))  # reads the result: waits for the device
 
     checksum = call()
@@ -57,7 +66,7 @@ def main(device: str = "cpu", games: int = 16, repeats: int = 5, weights: str = 
         start = time.perf_counter()
         call()
         times.append(time.perf_counter() - start)
-    print(f"{device} {games} games ({weights} weights, budget {budget}): median {statistics.median(times) * 1e3:.1f} ms of {repeats} "
+    print(f"{device} {games} games ({weights} weights, budget {budget}, cache {cache}): median {statistics.median(times) * 1e3:.1f} ms of {repeats} "
           f"({', '.join(f'{t * 1e3:.1f}' for t in times)}); checksum {checksum:.3f}")
     if device == "cuda":  # one more call under the profiler: how much of it the GPU was busy, and how many kernels
         from torch.profiler import ProfilerActivity, profile
@@ -72,4 +81,4 @@ def main(device: str = "cpu", games: int = 16, repeats: int = 5, weights: str = 
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:2], *(int(a) for a in sys.argv[2:4]), *sys.argv[4:5], *(int(a) for a in sys.argv[5:6]))
+    main(*sys.argv[1:2], *(int(a) for a in sys.argv[2:4]), *sys.argv[4:5], *(int(a) for a in sys.argv[5:6]), *sys.argv[6:7])
