@@ -42,6 +42,7 @@ import functools
 import inspect
 import itertools
 import logging
+import weakref
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -318,26 +319,28 @@ def _shared_prefix(prompt_lists: list[list[int]]) -> int:
 
 class PrefixCache:
     """The keys and values of the last few shared prefixes (`_shared_prefix`) one scorer ran, for its next forward
-    passes whose rows begin with the same tokens. Only for scoring without gradients. Keyed by the model object and
-    the prefix's token ids, so a model put in another's place misses; whoever changes a model's weights in place
-    clears it (HFPrior.receive_weights)."""
+    passes whose rows begin with the same tokens. Only for scoring without gradients. Keyed by the model object (held
+    weakly) and the prefix's token ids, so a model put in another's place misses; whoever changes a model's weights in
+    place clears it (HFPrior.receive_weights)."""
 
     SIZE = 4  # prefixes kept: one per game played, a few games at a time at most
 
     def __init__(self) -> None:
-        self._entries: OrderedDict[tuple, Any] = OrderedDict()
+        self._entries: OrderedDict[tuple, tuple[weakref.ref, Any]] = OrderedDict()
 
     def get(self, model: torch.nn.Module, tokens: list[int], run: Callable[[], Any]) -> Any:
         """A fresh copy of the cache `run()` returns for these tokens (run now only when not kept): the rows' forward
         pass writes into the copy it is given."""
         key = (id(model), tuple(tokens))
-        if key in self._entries:
+        entry = self._entries.get(key)
+        if entry is not None and entry[0]() is model:  # not another model at a freed one's address
             self._entries.move_to_end(key)
         else:
-            self._entries[key] = run()
+            entry = self._entries[key] = (weakref.ref(model), run())
+            self._entries.move_to_end(key)
             if len(self._entries) > self.SIZE:
                 self._entries.popitem(last=False)
-        return copy.deepcopy(self._entries[key])
+        return copy.deepcopy(entry[1])
 
     def clear(self) -> None:
         self._entries.clear()
