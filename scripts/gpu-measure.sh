@@ -93,6 +93,8 @@ agents)
   ;;
 compare)
   IFS=';' read -ra variants <<<"${VARIANTS:?}"
+  # the embedded model's one-time conversion (about 19 s) before the first variant, not inside its start-up
+  python3 -c 'from priorzero.llm.loading import resolve_model_source; print("model in", resolve_model_source("smollm2-135m"))'
   for rep in $(seq 1 "${REPEATS:-1}"); do  # REPEATS=N: the variants N times, alternately (labels get -rK)
     for variant in "${variants[@]}"; do
       IFS='|' read -r label tree extra <<<"$variant"
