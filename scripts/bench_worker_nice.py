@@ -23,25 +23,24 @@ import time
 
 os.environ["PRIORZERO_CACHE_DIR"] = tempfile.mkdtemp(prefix="pz-nice-")  # before the fork server starts: its workers inherit it
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from priorzero.bench.envs import EXTRA_COMMANDS, CommandPicker  # noqa: E402
 from priorzero.config import EnvConfig  # noqa: E402
 from priorzero.envs.pool import GamePool  # noqa: E402
 
 
 def play(pool: GamePool, stop: threading.Event, steps: list[int], seed: int) -> None:
-    """Random valid commands in every game, lockstep, until `stop`; counts the steps."""
-    rng = np.random.default_rng(seed)
-    observations = pool.reset([seed + i for i in range(len(pool))])
+    """`bench envs`' random agent in every game, lockstep, until `stop`; counts the steps."""
+    pickers = [CommandPicker(list(EXTRA_COMMANDS), seed + i) for i in range(len(pool))]
+    observations = pool.reset([None] * len(pool))
     while not stop.is_set():
-        commands = [rng.choice(o.valid_commands) if o.valid_commands else "look" for o in observations]
-        results = pool.step(commands)
+        results = pool.step([picker.pick(o) for picker, o in zip(pickers, observations)])
         steps[0] += len(results)
-        over = [i for i, r in enumerate(results) if r.terminated or r.truncated]
         observations = [r.observation for r in results]
+        over = [i for i, r in enumerate(results) if r.terminated or r.truncated]
         if over:
-            for i, fresh in zip(over, pool.reset_games(over, [int(rng.integers(1 << 30)) for _ in over])):
+            for i, fresh in zip(over, pool.reset_games(over, [None] * len(over))):
                 observations[i] = fresh
 
 

@@ -333,13 +333,11 @@ class PrefixCache:
         pass writes into the copy it is given."""
         key = (id(model), tuple(tokens))
         entry = self._entries.get(key)
-        if entry is not None and entry[0]() is model:  # not another model at a freed one's address
-            self._entries.move_to_end(key)
-        else:
+        if entry is None or entry[0]() is not model:  # not kept, or kept for another model at a freed one's address
             entry = self._entries[key] = (weakref.ref(model), run())
-            self._entries.move_to_end(key)
-            if len(self._entries) > self.SIZE:
-                self._entries.popitem(last=False)
+        self._entries.move_to_end(key)
+        if len(self._entries) > self.SIZE:
+            self._entries.popitem(last=False)
         return copy.deepcopy(entry[1])
 
     def clear(self) -> None:
