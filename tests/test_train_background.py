@@ -56,8 +56,10 @@ class FakeHeldLearner:
         return {}
 
 
-def make(learners, on_publish=None):
-    return BackgroundLearner(learners, {name: 0 for name in learners}, ReplayBuffer(100, 10), threading.Lock(), np.random.default_rng(0), on_publish)
+def make(learners, on_publish=None, publish_every=None):
+    return BackgroundLearner(
+        learners, {name: 0 for name in learners}, ReplayBuffer(100, 10), threading.Lock(), np.random.default_rng(0), on_publish, publish_every
+    )
 
 
 def test_both_learners_reach_their_targets():
@@ -91,6 +93,32 @@ def test_publish_copies_between_optimiser_steps_and_reports_the_updates_held():
         assert held == sorted(held) and not any(copies)  # never while the weights change
         assert len(copies) > 10  # a learner that is always busy still gets copied from
     finally:
+        background.close()
+
+
+def test_publish_every_n_copies_only_n_updates_at_a_time_unless_blocking():
+    learner = FakeHeldLearner()
+    copies: list[str] = []
+    background = make({"lm": learner}, on_publish=copies.append, publish_every={"lm": 3})
+    try:
+        background.owe({"lm": 10})
+        held = []
+        for done in range(1, 8):
+            learner.permits.release()
+            assert learner.steps_entered.acquire(timeout=10)  # update `done` finished its write, the next one started
+            while background.done["lm"] < done:
+                time.sleep(0.001)
+            held.append(background.publish()["lm"])
+        assert held == [0, 0, 3, 3, 3, 6, 6]  # a new version only every third update
+        assert copies == ["lm"] * 3  # the first when the learner started
+        learner.permits.release()
+        while background.done["lm"] < 8:
+            time.sleep(0.001)
+        assert background.publish(block=True) == {"lm": 8}  # the lag bound and the run's end take whatever is newer
+        assert copies == ["lm"] * 4
+    finally:
+        for _ in range(3):
+            learner.permits.release()
         background.close()
 
 

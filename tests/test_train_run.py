@@ -188,6 +188,7 @@ def test_eval_scores_a_run_and_prints_json(reference_run):
         (["eval", "{missing}"], "no checkpoint at"),
         (["train", "--preset", "quick", "--set", "train.deterministic=true", "--set", "train.max_policy_lag=2"], "train.deterministic=true needs every update between steps"),
         (["train", "--preset", "quick", "--set", "train.collect_agent=wm"], "add --set train.lm_updates_per_step=0"),
+        (["train", "--preset", "quick", "--set", "train.lm_publish_every=4"], "set train.max_policy_lag to at least 4"),
     ],
 )
 def test_bad_input_is_one_line(tmp_path, args, expected):

@@ -201,6 +201,10 @@ class TrainConfig(_Section):
         0, ge=0, le=1_000_000,
         description="The most updates the weights a step is played with may trail. One machine: 0 runs the updates between steps on the collecting thread (sequential and reproducible); N > 0 runs each model's updates in a background thread of its own, on a CUDA stream of its own on a GPU (the collection acts with copies of the world model and the language model that take the new weights between decisions), and a step waits while its weights trail what the replay ratios owe by more than N. With run.cluster: N > 0 runs both models' updates in those threads while the collectors play (0: between their steps), and a collector's step waits while its weights trail the learner's latest published ones by more than N updates (of either model).",
     )
+    lm_publish_every: int = Field(
+        1, ge=1, le=1_000_000,
+        description="With train.max_policy_lag > 0 on one machine: the collection's language model takes the learner's weights after every N of its updates instead of after each, so a prior version lasts N updates and with it the prior's cache of scored states and the shared prompt prefix's keys and values (each new version empties them). At most train.max_policy_lag; with 0 the collection scores with the trained model itself.",
+    )
     deterministic: bool = Field(
         False,
         description="Sequential and seeded: every update between steps on the collecting thread and PyTorch's deterministic algorithms, so two runs of one config and seed on one machine give the same records and metrics, and a resumed run goes on as if never stopped. Needs train.max_policy_lag=0 and no run.cluster (their learners and collectors run on their own timing).",
@@ -272,6 +276,14 @@ class Config(_Section):
         if self.train.deterministic and (self.train.max_policy_lag > 0 or self.run.cluster is not None):
             why = f"train.max_policy_lag={self.train.max_policy_lag}" if self.train.max_policy_lag > 0 else "run.cluster"
             raise ValueError(f"train.deterministic=true needs every update between steps, but {why} learns or collects on its own timing; set train.max_policy_lag=0 and leave out --cluster, or drop train.deterministic")
+        return self
+
+    @model_validator(mode="after")
+    def _publish_cadence_within_the_lag(self) -> "Config":
+        every, lag = self.train.lm_publish_every, self.train.max_policy_lag
+        if every > 1 and (lag < every or self.run.cluster is not None):
+            why = "run.cluster publishes to its collectors on its own cadence (the lag bound)" if self.run.cluster is not None else f"train.max_policy_lag={lag} lets a step trail by fewer updates"
+            raise ValueError(f"train.lm_publish_every={every} needs the collection to act with a copy that may trail the learner by that many updates, but {why}; set train.max_policy_lag to at least {every} on one machine, or drop train.lm_publish_every")
         return self
 
     @model_validator(mode="after")

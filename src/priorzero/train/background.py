@@ -6,7 +6,8 @@ never hold up the world model's short ones. The collecting thread drives them be
 
     learning.owe({"wm": n})      # the updates the replay ratio owes each learner for the steps collected so far
     done = learning.publish()    # hand the newest weights to the acting models (`on_publish(name)`) unless that
-                                 # learner's optimiser is stepping (never waits); returns the updates they hold
+                                 # learner's optimiser is stepping (never waits), or it is fewer than its
+                                 # `publish_every` updates ahead of them; returns the updates they hold
     learning.wait({"wm": n})     # block until that many updates are done (the policy-lag bound, the end of a run)
 
 Where the games are played decides what `on_publish` does:
@@ -67,8 +68,10 @@ class BackgroundLearner:
         buffer_lock: threading.Lock,
         rng: np.random.Generator,
         on_publish: Callable[[str], None] | None = None,
+        publish_every: dict[str, int] | None = None,
     ) -> None:
         self.learners, self.buffer, self.buffer_lock, self.rng, self.on_publish = learners, buffer, buffer_lock, rng, on_publish
+        self.publish_every = {name: (publish_every or {}).get(name, 1) for name in learners}
         self.done = dict(done)  # updates finished per learner (its version)
         self.published = dict(done)  # updates held by the acting weights
         self._target = dict(done)
@@ -93,12 +96,13 @@ class BackgroundLearner:
             self._changed.notify_all()
 
     def publish(self, block: bool = False) -> dict[str, int]:
-        """Give the acting models each learner's newest weights (if newer) and return the updates they hold. While
-        that learner's optimiser is stepping its copy waits for it only with `block` (the collecting thread asks
-        again after its next step)."""
+        """Give the acting models each learner's newest weights (if at least its `publish_every` updates newer; with
+        `block`, if newer at all) and return the updates they hold. While that learner's optimiser is stepping its
+        copy waits for it only with `block` (the collecting thread asks again after its next step)."""
         self._check()
         for name, lock in self._writing.items():
-            if self.done[name] != self.published[name] and lock.acquire(blocking=block):
+            ahead = self.done[name] - self.published[name]
+            if ahead >= (1 if block else self.publish_every[name]) and lock.acquire(blocking=block):
                 try:
                     self._copy_weights(name)
                 finally:

@@ -279,7 +279,9 @@ class Trainer:
     def _learn_in_background(self, learners: list[tuple[str, Any, float]], should_stop, metrics: dict[str, list[float]], finish: bool) -> None:
         if self.background is None:
             done = {prefix: getattr(self.counters, f"{prefix}_updates") for prefix, _, _ in learners}
-            self.background = BackgroundLearner({p: lr for p, lr, _ in learners}, done, self.buffer, self.buffer_lock, self.sampler, self._publish)
+            self.background = BackgroundLearner(
+                {p: lr for p, lr, _ in learners}, done, self.buffer, self.buffer_lock, self.sampler, self._publish, {"lm": self.config.train.lm_publish_every}
+            )
         owed = {prefix: owed_updates(ratio, self.counters.env_steps) for prefix, _, ratio in learners}
         self.background.owe(owed)
         bound = owed if finish else {prefix: n - self.config.train.max_policy_lag for prefix, n in owed.items()}
