@@ -96,10 +96,10 @@ def test_publish_copies_between_optimiser_steps_and_reports_the_updates_held():
         background.close()
 
 
-def test_publish_every_n_copies_only_n_updates_at_a_time_unless_blocking():
+def test_publish_every_n_copies_only_n_updates_at_a_time_unless_forced():
     learner = FakeHeldLearner()
     copies: list[str] = []
-    background = make({"lm": learner}, on_publish=copies.append, publish_every={"lm": 3})
+    background = make({"lm": learner, "wm": FakeCountingLearner("wm", [])}, on_publish=copies.append, publish_every={"lm": 3})
     try:
         background.owe({"lm": 10})
         held = []
@@ -110,12 +110,13 @@ def test_publish_every_n_copies_only_n_updates_at_a_time_unless_blocking():
                 time.sleep(0.001)
             held.append(background.publish()["lm"])
         assert held == [0, 0, 3, 3, 3, 6, 6]  # a new version only every third update
-        assert copies == ["lm"] * 3  # the first when the learner started
+        assert copies == ["lm", "wm", "lm", "lm"]  # the first two when the learners started
         learner.permits.release()
         while background.done["lm"] < 8:
             time.sleep(0.001)
-        assert background.publish(block=True) == {"lm": 8}  # the lag bound and the run's end take whatever is newer
-        assert copies == ["lm"] * 4
+        background.wait({"wm": 5, "lm": 0})  # the lag bound holds the world model back: it alone is forced
+        assert background.published == {"lm": 6, "wm": 5}
+        assert background.publish(force=["lm"]) == {"lm": 8, "wm": 5}  # the lag bound and the run's end take whatever is newer
     finally:
         for _ in range(3):
             learner.permits.release()

@@ -42,7 +42,7 @@ from __future__ import annotations
 import threading
 import time
 from contextlib import AbstractContextManager, ExitStack, contextmanager
-from typing import Any, Callable, Iterator, Protocol
+from typing import Any, Callable, Collection, Iterator, Protocol
 
 import numpy as np
 import torch
@@ -95,14 +95,14 @@ class BackgroundLearner:
                 self._target[name] = max(self._target[name], total)
             self._changed.notify_all()
 
-    def publish(self, block: bool = False) -> dict[str, int]:
-        """Give the acting models each learner's newest weights (if at least its `publish_every` updates newer; with
-        `block`, if newer at all) and return the updates they hold. While that learner's optimiser is stepping its
-        copy waits for it only with `block` (the collecting thread asks again after its next step)."""
+    def publish(self, force: Collection[str] = ()) -> dict[str, int]:
+        """Give the acting models each learner's newest weights if they are at least its `publish_every` updates newer
+        (a learner in `force`: if newer at all) and return the updates they hold. While that learner's optimiser is
+        stepping its copy waits for it only if forced (the collecting thread asks again after its next step)."""
         self._check()
         for name, lock in self._writing.items():
-            ahead = self.done[name] - self.published[name]
-            if ahead >= (1 if block else self.publish_every[name]) and lock.acquire(blocking=block):
+            forced = name in force
+            if self.done[name] - self.published[name] >= (1 if forced else self.publish_every[name]) and lock.acquire(blocking=forced):
                 try:
                     self._copy_weights(name)
                 finally:
@@ -110,12 +110,13 @@ class BackgroundLearner:
         return dict(self.published)
 
     def wait(self, updates: dict[str, int], should_stop=lambda: False) -> None:
-        """Until each learner has made its `updates` (or a stop is asked for); then publish."""
+        """Until each learner has made its `updates` (or a stop is asked for); then publish, forcing the learners whose
+        acting weights hold fewer (the others keep their cadence)."""
         self.owe(updates)
         with self._changed:
             while any(self.done[n] < u for n, u in updates.items()) and self._error is None and not should_stop():
                 self._changed.wait(timeout=0.5)
-        self.publish(block=True)
+        self.publish(force=[n for n, u in updates.items() if self.published[n] < u])
 
     def take_metrics(self, name: str) -> tuple[dict[str, list[float]], float]:
         """One learner's losses since the last call, and the seconds its updates took."""
