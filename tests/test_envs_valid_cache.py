@@ -1,13 +1,18 @@
 """The shared valid-command cache and spaCy's parse cache give exactly Jericho's own lists, on real games;
-the cache file is shared by processes, survives a new game (a new run), and is ignored when corrupt or foreign."""
+the cache file is shared by processes, survives a new game (a new run), and is ignored when corrupt or foreign;
+a state is listed by one process at a time, and a lister's death frees the state for the next."""
 
 from __future__ import annotations
 
 import importlib
 import logging
 import multiprocessing
+import os
 import random
 import shutil
+import signal
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -81,6 +86,67 @@ def test_many_processes_write_one_cache_file_at_once(tmp_path):
     assert [process.exitcode for process in processes] == [0, 0, 0, 0]
     cache = SharedValidCache(tmp_path, "ab" * 32, "test listing")
     assert len(cache) == 300 and cache.get("state-299") == ["command 299", "other 5"]
+
+
+def _open_at_once(story_file: str, directory: str, barrier, results) -> None:
+    game = JerichoGame("detective.z5", Path(story_file), cache_dir=Path(directory))
+    barrier.wait()
+    observation = game.reset()  # every process lists the opening state at the same moment
+    results.put((observation.valid_commands, game.cache_misses, game.shared_hits, game.listing_waits))
+    game.close()
+
+
+def test_games_reaching_one_state_at_once_list_it_once(jericho_dir, tmp_path):
+    context = multiprocessing.get_context("spawn")
+    barrier, results = context.Barrier(4), context.Queue()
+    processes = [context.Process(target=_open_at_once, args=(str(jericho_dir / "detective.z5"), str(tmp_path), barrier, results)) for _ in range(4)]
+    for process in processes:
+        process.start()
+    reports = [results.get(timeout=300) for _ in processes]
+    for process in processes:
+        process.join(timeout=60)
+    lists, misses, shared, waits = zip(*reports, strict=True)
+    assert all(commands == lists[0] for commands in lists) and lists[0]
+    # one process listed; the three others read its list, waiting for it while it was being made
+    assert sum(misses) == 1 and sum(shared) == 3 and sum(waits) >= 1
+
+
+def _list_slowly(directory: str, started, seconds: float) -> None:
+    cache = SharedValidCache(Path(directory), "ab" * 32, "test listing")
+
+    def list_here() -> list[str]:
+        started.set()
+        time.sleep(seconds)
+        return ["theirs"]
+
+    cache.get_or_list("state", list_here)
+
+
+def test_a_state_being_listed_is_waited_for_and_a_dead_listers_state_is_listed_again(tmp_path):
+    context = multiprocessing.get_context("spawn")
+    started = context.Event()
+    lister = context.Process(target=_list_slowly, args=(str(tmp_path), started, 1.0))
+    lister.start()
+    assert started.wait(120)
+    cache = SharedValidCache(tmp_path, "ab" * 32, "test listing")
+    assert cache.get_or_list("state", lambda: ["ours"]) == (["theirs"], "waited")  # its list, not a second listing
+    lister.join(timeout=60)
+    assert cache.get_or_list("state", lambda: ["ours"]) == (["theirs"], "found")
+
+    started = context.Event()
+    (tmp_path / "dead").mkdir()
+    lister = context.Process(target=_list_slowly, args=(str(tmp_path / "dead"), started, 600.0))
+    lister.start()
+    assert started.wait(120)
+    killer = threading.Timer(0.5, os.kill, (lister.pid, signal.SIGKILL))  # kill -9 while it lists
+    killer.start()
+    began = time.monotonic()
+    cache = SharedValidCache(tmp_path / "dead", "ab" * 32, "test listing")
+    assert cache.get_or_list("state", lambda: ["ours"]) == (["ours"], "listed")
+    assert time.monotonic() - began >= 0.4  # it waited for the lister until the kernel freed the lock at its death
+    assert cache.get("state") == ["ours"]
+    lister.join(timeout=60)
+    killer.join()
 
 
 def test_corrupt_cache_file_is_ignored_with_one_warning(jericho_dir, tmp_path, caplog):

@@ -132,6 +132,7 @@ class CeilingCell:
     listed: list[int]  # per run: states Jericho listed (summed over the workers)
     shared_hits: list[int]  # per run: lists found in the shared cache (another worker's or an earlier window's)
     memory_hits: list[int]  # per run: lists found in a worker's own memory
+    waits: list[int]  # per run: of the shared hits, lists a worker waited for while another worker listed the state
 
 
 def _ceiling_worker(
@@ -146,7 +147,7 @@ def _ceiling_worker(
     game = StepLimit(jericho, config.max_episode_steps)
     picker = CommandPicker(sorted(set(jericho.walkthrough() or []) | set(EXTRA_COMMANDS)), seed)
     observation = game.reset()
-    before = (jericho.cache_misses, jericho.shared_hits, jericho.cache_hits)
+    before = (jericho.cache_misses, jericho.shared_hits, jericho.cache_hits, jericho.listing_waits)
     barrier.wait()
     started = time.perf_counter()
     steps = 0
@@ -155,12 +156,12 @@ def _ceiling_worker(
         observation = game.reset() if result.terminated or result.truncated else result.observation
         steps += 1
     rate = steps / (time.perf_counter() - started)
-    counts = (jericho.cache_misses - before[0], jericho.shared_hits - before[1], jericho.cache_hits - before[2])
+    counts = (jericho.cache_misses - before[0], jericho.shared_hits - before[1], jericho.cache_hits - before[2], jericho.listing_waits - before[3])
     game.close()
     results.put((rate, *counts))
 
 
-def time_ceiling(env_id: str, config: EnvConfig, workers: int, seconds: float, seed: int, cache_dir: Path | None) -> tuple[float, int, int, int]:
+def time_ceiling(env_id: str, config: EnvConfig, workers: int, seconds: float, seed: int, cache_dir: Path | None) -> tuple[float, int, int, int, int]:
     """Steps/s of `workers` processes playing one game at once for about `seconds` (the sum of each process's
     steps over its own time; a process finishes the step under way when the window closes), and the summed counts."""
     context = worker_context({"jericho"})
@@ -174,8 +175,8 @@ def time_ceiling(env_id: str, config: EnvConfig, workers: int, seconds: float, s
     counts = [results.get() for _ in processes]  # every worker reports once its window is over
     for process in processes:
         process.join()
-    rate, listed, shared_hits, memory_hits = (sum(column) for column in zip(*counts, strict=True))
-    return rate, int(listed), int(shared_hits), int(memory_hits)
+    rate, listed, shared_hits, memory_hits, waits = (sum(column) for column in zip(*counts, strict=True))
+    return rate, int(listed), int(shared_hits), int(memory_hits), int(waits)
 
 
 def measure_ceiling(env_id: str, config: EnvConfig, workers: int, seconds: float, repeats: int, seed: int) -> list[CeilingCell]:
@@ -186,7 +187,7 @@ def measure_ceiling(env_id: str, config: EnvConfig, workers: int, seconds: float
     with the shared cache (empty at the start) and spaCy's parses kept by text; "shared-warm", other seeds on the
     cache that the cold window left, as a resumed or next run meets it.
     """
-    runs: dict[str, list[tuple[float, int, int, int]]] = {variant: [] for variant in CEILING_VARIANTS}
+    runs: dict[str, list[tuple[float, int, int, int, int]]] = {variant: [] for variant in CEILING_VARIANTS}
     with Progress(console=Console(stderr=True), transient=True) as progress:
         task = progress.add_task(f"ceiling of {env_id}", total=repeats * len(CEILING_VARIANTS))
         for repeat in range(repeats):
@@ -198,10 +199,10 @@ def measure_ceiling(env_id: str, config: EnvConfig, workers: int, seconds: float
                     runs[variant].append(time_ceiling(env_id, config, workers, seconds, variant_seed, None if variant == "plain" else cache_dir))
                     progress.advance(task)
                     # one line per window as it ends, so a run cut short (a call's time limit) still says what it measured
-                    rate, listed, shared_hits, memory_hits = runs[variant][-1]
+                    rate, listed, shared_hits, memory_hits, waits = runs[variant][-1]
                     progress.console.print(
                         f"ceiling {env_id} workers {workers} repeat {repeat + 1} {variant}: {rate:.2f} steps/s, {listed} listed, "
-                        f"{shared_hits} shared hits, {memory_hits} memory hits"
+                        f"{shared_hits} shared hits ({waits} waited for), {memory_hits} memory hits"
                     )
             finally:
                 shutil.rmtree(cache_dir, ignore_errors=True)
@@ -212,7 +213,7 @@ def measure_ceiling(env_id: str, config: EnvConfig, workers: int, seconds: float
         cells.append(
             CeilingCell(
                 env_id, workers, variant, round(statistics.median(rates), 2), [round(rate, 2) for rate in rates], round(statistics.median(ratios), 3),
-                [run[1] for run in variant_runs], [run[2] for run in variant_runs], [run[3] for run in variant_runs],
+                [run[1] for run in variant_runs], [run[2] for run in variant_runs], [run[3] for run in variant_runs], [run[4] for run in variant_runs],
             )
         )
     return cells
@@ -368,12 +369,12 @@ def bench_ceiling(
         Console().print(phase_table)
 
     table = Table(title=f"Games' ceiling: random play with valid commands, steps/s (median of {repeats} windows of {seconds:g} s)")
-    for column in ("game", "workers", "variant", "steps/s", "vs plain", "runs", "listed", "shared hits", "memory hits"):
+    for column in ("game", "workers", "variant", "steps/s", "vs plain", "runs", "listed", "shared hits", "of them waited for", "memory hits"):
         table.add_column(column)
     for cell in cells:
         table.add_row(cell.env_id, str(cell.workers), cell.variant, f"{cell.steps_per_s:.1f}", f"{cell.vs_plain:.2f}",
                       ", ".join(map(str, cell.runs)), ", ".join(map(str, cell.listed)), ", ".join(map(str, cell.shared_hits)),
-                      ", ".join(map(str, cell.memory_hits)))
+                      ", ".join(map(str, cell.waits)), ", ".join(map(str, cell.memory_hits)))
     Console().print(table)
 
 

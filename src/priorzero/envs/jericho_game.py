@@ -171,6 +171,7 @@ class JerichoGame:
         self._valid_cache: OrderedDict[str, list[str]] = OrderedDict()
         self.cache_hits = 0  # lists found in memory
         self.shared_hits = 0  # lists found in the shared cache (listed by another worker or an earlier run)
+        self.listing_waits = 0  # of those, lists this worker waited for while another worker listed the state
         self.cache_misses = 0  # lists Jericho made here
         self._steps = 0
 
@@ -219,14 +220,15 @@ class JerichoGame:
             self.cache_hits += 1
             self._valid_cache.move_to_end(key)
             return list(self._valid_cache[key])
-        commands = self._shared.get(key) if self._shared is not None else None
-        if commands is not None:
-            self.shared_hits += 1
+        if self._shared is not None:
+            commands, source = self._shared.get_or_list(key, self._find_valid_commands)
         else:
+            commands, source = self._find_valid_commands(), "listed"
+        if source == "listed":
             self.cache_misses += 1
-            commands = self._find_valid_commands()
-            if self._shared is not None:
-                self._shared.put(key, commands)
+        else:
+            self.shared_hits += 1
+            self.listing_waits += source == "waited"
         self._valid_cache[key] = commands
         if len(self._valid_cache) > _VALID_CACHE_SIZE:
             self._valid_cache.popitem(last=False)

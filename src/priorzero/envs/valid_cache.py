@@ -5,19 +5,25 @@ docs/benchmarks.md), so a state listed once by any worker, in any run, is not li
 file per story file and listing method under `paths.cache_dir()/jericho-valid/`: its name is the story file's
 sha256 and a short hash of what produces the lists (Jericho's version, the spaCy pipeline and its version), so an
 edited game or a new Jericho never reads old lists. WAL mode lets many processes read while one writes; a list
-is written once (`INSERT OR IGNORE`: every writer of one state writes the same list). A file that is not a
+is written once (`INSERT OR IGNORE`: every writer of one state writes the same list). A state missing from the
+file is listed by one process at a time (`get_or_list`): a worker that reaches a state another worker is listing
+waits for that list instead of listing it too, which with more games than cores (all of them opening on the same
+first state, or following the same prior) saves whole listings of CPU. A file that is not a
 SQLite database, that records another story file or listing method, or that fails while in use is left alone
 and ignored, with one warning per process; the game then lists through its in-memory cache only.
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import json
 import logging
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
+from typing import Literal
 
 from priorzero import paths
 
@@ -25,6 +31,7 @@ log = logging.getLogger(__name__)
 
 SCHEMA = 1
 BUSY_TIMEOUT_S = 30.0  # a writer holds the lock for one small insert; waiting this long means something is wrong
+LISTING_SLOTS = 2**31 - 1  # byte offsets of the per-state listing locks (two states sharing one only wait in turn)
 
 
 def default_dir() -> Path:
@@ -44,8 +51,10 @@ class SharedValidCache:
         listing_tag = hashlib.sha256(listing.encode()).hexdigest()[:12]
         self.path = Path(directory) / f"{story_sha256}-{listing_tag}.sqlite"
         self._db: sqlite3.Connection | None = None
+        self._listing = None  # the file whose byte-range locks say which states are being listed (see get_or_list)
         try:
             self._db = self._open()
+            self._listing = open(f"{self.path}.listing", "ab")
             found = dict(self._db.execute("SELECT key, value FROM meta").fetchall())
         except (sqlite3.Error, OSError) as exc:
             self._give_up(f"cannot use it ({exc})")
@@ -84,9 +93,7 @@ class SharedValidCache:
 
     def _give_up(self, why: str) -> None:
         log.warning("ignoring the valid-command cache %s: %s; listing without it (delete the file to rebuild it)", self.path, why)
-        if self._db is not None:
-            self._db.close()
-        self._db = None
+        self.close()
 
     def get(self, state_hash: str) -> list[str] | None:
         if self._db is None:
@@ -106,6 +113,52 @@ class SharedValidCache:
         except sqlite3.Error as exc:
             self._give_up(f"writing failed ({exc})")
 
+    def get_or_list(self, state_hash: str, list_here: Callable[[], list[str]]) -> tuple[list[str], Literal["found", "waited", "listed"]]:
+        """The state's commands and where they came from: "found" on file, "waited" for while another process listed
+        them, or "listed" here by `list_here()` (and written for the others). One process lists a state at a time:
+        it holds an exclusive lock on one byte of `<file>.listing` (picked by the state's hash) while it lists, and
+        a process meeting that lock blocks until it is released, then reads the list. The kernel releases a lock
+        whose holder dies (a worker killed by its call timeout, `kill -9`), and the next process lists the state."""
+        commands = self.get(state_hash)
+        if commands is not None:
+            return commands, "found"
+        slot = int.from_bytes(hashlib.blake2b(state_hash.encode(), digest_size=8).digest(), "big") % LISTING_SLOTS
+        waited = self._lock_slot(slot)
+        try:
+            # read again even without a wait: the lister may have written the list and let go since the first read
+            commands = self.get(state_hash) if waited is not None else None
+            if commands is not None:
+                return commands, "waited" if waited else "found"
+            commands = list_here()
+            self.put(state_hash, commands)
+            return commands, "listed"
+        finally:
+            if waited is not None:
+                self._unlock_slot(slot)
+
+    def _lock_slot(self, slot: int) -> bool | None:
+        """Take the slot's lock: False at once, True after waiting for another process, None without locks."""
+        if self._listing is None:
+            return None
+        try:
+            try:
+                fcntl.lockf(self._listing, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, slot)
+                return False
+            except OSError as exc:
+                if exc.errno not in (errno.EACCES, errno.EAGAIN):
+                    raise
+            fcntl.lockf(self._listing, fcntl.LOCK_EX, 1, slot)
+            return True
+        except OSError as exc:
+            log.warning("cannot lock %s.listing (%s): workers may list the same state at once", self.path, exc)
+            self._listing.close()
+            self._listing = None
+            return None
+
+    def _unlock_slot(self, slot: int) -> None:
+        if self._listing is not None:
+            fcntl.lockf(self._listing, fcntl.LOCK_UN, 1, slot)
+
     def __len__(self) -> int:
         if self._db is None:
             return 0
@@ -115,3 +168,6 @@ class SharedValidCache:
         if self._db is not None:
             self._db.close()
             self._db = None
+        if self._listing is not None:
+            self._listing.close()
+            self._listing = None
