@@ -17,6 +17,10 @@
 #       # `train` runs one after the other (label|source tree to run instead of src/, if any|extra options), each
 #       # from an empty Jericho listing cache; their logs, metrics and GPU samples in $OUT/compare.tgz; REPEATS=N
 #       # runs the variants N times, alternately, for medians
+#   TAG=a GAMES=ludicorp.z5,905.z5 SLOW=905.z5 TRAIN_S=70 bash scripts/gpu-measure.sh games
+#       # each game's ceiling (bench envs, 16 workers, 10 s windows; CEILING=0 skips it) and then one `train` run per game
+#       # (NUM_ENVS, default 256 here); the games in SLOW get 32-step iterations, so that a short run has several;
+#       # logs, metrics and GPU samples in $OUT/games-$TAG.tgz
 set -uo pipefail
 out=${OUT:-/tmp/out}
 mkdir -p "$out"
@@ -106,6 +110,20 @@ compare)
   done
   (cd "$out" && tar -czf compare.tgz train-*.log metrics-*.jsonl util-*.txt && rm -f train-*.log metrics-*.jsonl util-*.txt)
   ;;
+games)
+  tag=${TAG:-games}
+  IFS=',' read -ra games <<<"${GAMES:?}"
+  jericho=$(printf '%s\n' "${games[@]}" | grep -E '\.z[0-9]$' | paste -sd, -)
+  if [ "${CEILING:-1}" = 1 ] && [ -n "$jericho" ]; then
+    timeout "${ENVS_S:-300}" python3 -c 'from priorzero.cli import main; raise SystemExit(main())' bench envs --games "$jericho" --workers auto \
+      --seconds "${ENVS_WINDOW_S:-10}" --repeats 1 --json >"$out/envs-$tag.json" 2>"$out/envs-$tag.log"; tail -3 "$out/envs-$tag.log"
+  fi
+  for game in "${games[@]}"; do
+    slow=; [[ ",${SLOW:-}," == *",$game,"* ]] && slow="--set train.iteration_steps=32 --set train.checkpoint_every=1000"
+    LABEL=$game GAME=$game NUM_ENVS=${NUM_ENVS:-256} STEPS=${STEPS:-200000} EXTRA="$slow ${EXTRA:-}" bash "$0" train
+  done
+  (cd "$out" && tar -czf "games-$tag.tgz" train-*.log metrics-*.jsonl util-*.txt && rm -f train-*.log metrics-*.jsonl util-*.txt)
+  ;;
 profile)
   # where the training command's time goes: `train --preset full` under cProfile, GPU utilisation sampled each second
   nvidia-smi --query-gpu=utilization.gpu --format=csv,noheader,nounits -l 1 >"$out/util-profile.txt" &
@@ -131,5 +149,5 @@ spy)
   grep -h "steps/s" "$out/spy-run.log" | tail -4
   ;;
 *)
-  echo "usage: $0 stress|throughput|train|agents|compare|profile|spy" >&2; exit 2 ;;
+  echo "usage: $0 stress|throughput|train|agents|compare|games|profile|spy" >&2; exit 2 ;;
 esac

@@ -286,3 +286,36 @@ def test_the_ablation_without_the_language_model_collects_with_the_world_model_a
     assert all(sum(r.visit_counts) > 0 for r in records)  # but it searched
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert not any(key.startswith("search/lm_") for row in rows for key in row)  # no prior to measure against the search
+
+
+def test_training_does_not_wait_for_the_walkthroughs_states(tmp_path, monkeypatch):
+    """The walkthrough's states (for the prior's quality) are found in a thread that can take minutes on Jericho
+    games; the iterations go on without them, and the final evaluation, which waits, reports them."""
+    import threading
+
+    from priorzero.config import build_config
+    from priorzero.train import loop
+
+    two_iterations_done, released_by = threading.Event(), []
+    real_find, real_iteration = loop.Trainer._find_walkthrough, loop.iteration
+
+    def find_after_the_iterations(trainer):
+        released_by.append("iterations" if two_iterations_done.wait(timeout=120) else "timeout")
+        return real_find(trainer)
+
+    def iteration(trainer, stop, progress):
+        metrics = real_iteration(trainer, stop, progress)
+        if trainer.counters.iteration == 2:
+            two_iterations_done.set()
+        return metrics
+
+    monkeypatch.setattr(loop.Trainer, "_find_walkthrough", find_after_the_iterations)
+    monkeypatch.setattr(loop, "iteration", iteration)
+    overrides = [f"{section}.{key}={json.dumps(value)}" for section, values in TINY.items() for key, value in values.items()]
+    config = build_config(preset="quick", overrides=[*overrides, "train.max_iter=2", "train.eval_agents=[random]"])
+    assert loop.run_training(config, run_dir=tmp_path / "run") == 0
+    assert released_by == ["iterations"]  # the thread was still looking while both iterations ran
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    iterations = [row for row in rows if "speed/env_steps_per_s" in row]
+    assert len(iterations) == 2 and not any("prior/walkthrough_mrr" in row for row in iterations)
+    assert "prior/walkthrough_mrr" in rows[-1] and "eval/random/normalised_score" in rows[-1]

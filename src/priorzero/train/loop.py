@@ -196,8 +196,13 @@ class Trainer:
             )
         return self._collector
 
-    def walkthrough_metrics(self) -> dict[str, float]:
-        """`walkthrough_quality` of the current prior on up to 20 states of the game's walkthrough (found once)."""
+    def walkthrough_metrics(self, wait: bool = True) -> dict[str, float]:
+        """`walkthrough_quality` of the current prior on up to 20 states of the game's walkthrough (found once, in a
+        thread). `wait=False`, as training asks: {} until that thread is done, for Jericho lists every state along
+        the walkthrough until 20 of them offer its command (the whole walkthrough on most games: 100 listings on
+        ludicorp), which took minutes on the games whose listing takes seconds, and collection waited for it."""
+        if not wait and not self._walkthrough.done():
+            return {}
         states = self._walkthrough.result()
         # with run.cluster the driver's scorer is the model the background thread trains; on one machine it is a copy
         with self.paused() if self.config.run.cluster is not None else contextlib.nullcontext():
@@ -555,8 +560,8 @@ def train_until_done(trainer: Trainer, run: RunDir, stop: StopFlag) -> None:
 
     config = trainer.config
     total = config.train.max_env_steps or (config.train.max_iter * config.train.iteration_steps if config.train.max_iter else None)
-    if trainer.counters.iteration == 0:
-        run.log_metrics(trainer.counters.env_steps, trainer.walkthrough_metrics())  # the untrained prior's quality
+    if trainer.counters.iteration == 0 and (quality := trainer.walkthrough_metrics(wait=False)):
+        run.log_metrics(trainer.counters.env_steps, quality)  # the untrained prior's quality, if its states are found yet
     with TrainingProgress(total, trainer.counters) as progress:
         while not limits_reached(config, trainer.counters) and not stop():
             metrics = iteration(trainer, stop, progress)
@@ -627,7 +632,7 @@ def iteration(trainer: Trainer, stop: StopFlag, progress) -> dict[str, float]:
     metrics = {
         **episode_statistics(results),
         **search_statistics(trainer.decisions),
-        **trainer.walkthrough_metrics(),
+        **trainer.walkthrough_metrics(wait=False),
         **{key: statistics.fmean(values) if key.startswith(("wm/", "lm/")) else sum(values) for key, values in learn_metrics.items()},
         "speed/env_steps_per_s": steps / elapsed if elapsed > 0 else 0.0,
         "speed/games_wait_share": games_s / elapsed if elapsed > 0 else 0.0,
