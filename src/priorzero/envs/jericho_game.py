@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from priorzero.envs import valid_cache
-from priorzero.envs.base import Observation, StepResult, step_info
+from priorzero.envs.base import Observation, StepResult, literal_index, step_info
 from priorzero.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -240,6 +240,31 @@ class JerichoGame:
 
     def walkthrough(self) -> list[str] | None:
         return self._env.get_walkthrough() if self.supported else None
+
+    def command_index(self, command: str, commands: list[str]) -> int | None:
+        """Jericho lists one command per distinct change of the world, in its own words ('south' where a walkthrough
+        says 's', 'get in car' for 'enter car'), so a command not in the list is matched by what it does: the
+        listed command after which the world-state hash is the one `command` leads to. A command that leaves the
+        world as it is ('examine car') has no match: Jericho lists no such command."""
+        index = literal_index(command, commands)
+        if index is not None or not self.supported:
+            return index
+        env = self._env
+        state, before = env.get_state(), env.get_world_state_hash()
+
+        def hash_after(candidate: str) -> str:
+            env.step(candidate)
+            after = env.get_world_state_hash()
+            env.set_state(state)
+            return after
+
+        try:
+            target = hash_after(command)
+            if target == before:
+                return None
+            return next((i for i, candidate in enumerate(commands) if hash_after(candidate) == target), None)
+        finally:
+            env.set_state(state)
 
     def close(self) -> None:
         if self._shared is not None:

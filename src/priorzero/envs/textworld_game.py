@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from priorzero.envs.base import Observation, StepResult, step_info
+from priorzero.envs.base import Observation, StepResult, literal_index, step_info
 
 # TextWorld opens every game with a large ASCII-art banner; it carries no information for an agent.
 _BANNER_LINE = re.compile(r"^[^A-Za-z0-9]*$")
@@ -105,6 +105,9 @@ class TextWorldGame:
     def walkthrough(self) -> list[str] | None:
         metadata = json.loads(self.story_file.with_suffix(".json").read_text()).get("metadata", {})
         return list(metadata.get("walkthrough") or []) or None
+
+    def command_index(self, command: str, commands: list[str]) -> int | None:
+        return literal_index(command, commands)  # TextWorld's admissible commands hold its walkthrough's own words
 
     def close(self) -> None:
         self._env.close()

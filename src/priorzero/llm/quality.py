@@ -27,13 +27,14 @@ class WalkthroughState:
     step: int
     observation: str
     valid_commands: list[str]
-    target: int  # index of the walkthrough command in valid_commands
+    target: int  # index in valid_commands of the walkthrough's command, or of the one that does the same (TextGame.command_index)
     history: list[tuple[str, str]] = field(default_factory=list)
     opening: str = ""  # the episode's first observation, once it is no longer the current one
 
 
 def walkthrough_states(env_id: str, env_config, max_states: int) -> tuple[list[WalkthroughState], int]:
-    """Up to `max_states` states along the game's walkthrough, and how many steps were skipped (command not valid)."""
+    """Up to `max_states` states along the game's walkthrough, and how many steps were skipped (no valid command
+    does what the walkthrough's does: on Jericho games, mostly commands that change nothing, such as 'examine')."""
     from priorzero.envs import make_game
 
     game = make_game(env_id, env_config)
@@ -45,9 +46,8 @@ def walkthrough_states(env_id: str, env_config, max_states: int) -> tuple[list[W
         for step, command in enumerate(walkthrough):
             if len(states) >= max_states:
                 break
-            normalised = [c.strip().lower() for c in observation.valid_commands]
-            if command.strip().lower() in normalised:
-                target = normalised.index(command.strip().lower())
+            target = game.command_index(command, observation.valid_commands)
+            if target is not None:
                 states.append(WalkthroughState(env_id, step, observation.text, list(observation.valid_commands), target, list(history), opening if step else ""))
             else:
                 skipped += 1
