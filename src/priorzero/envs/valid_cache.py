@@ -118,7 +118,9 @@ class SharedValidCache:
         them, or "listed" here by `list_here()` (and written for the others). One process lists a state at a time:
         it holds an exclusive lock on one byte of `<file>.listing` (picked by the state's hash) while it lists, and
         a process meeting that lock blocks until it is released, then reads the list. The kernel releases a lock
-        whose holder dies (a worker killed by its call timeout, `kill -9`), and the next process lists the state."""
+        whose holder dies (a worker killed by its call timeout, `kill -9`), and the next process lists the state.
+        A lister whose write fails (its connection given up) leaves the waiters nothing to read: they then list the
+        state one after another, as each takes the lock."""
         commands = self.get(state_hash)
         if commands is not None:
             return commands, "found"
