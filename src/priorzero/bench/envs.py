@@ -208,12 +208,12 @@ def measure_ceiling(env_id: str, config: EnvConfig, workers: int, seconds: float
                 shutil.rmtree(cache_dir, ignore_errors=True)
     cells = []
     for variant, variant_runs in runs.items():
-        rates = [run[0] for run in variant_runs]
+        rates, listed, shared_hits, memory_hits, waits = (list(column) for column in zip(*variant_runs, strict=True))
         ratios = [run[0] / plain[0] for run, plain in zip(variant_runs, runs["plain"], strict=True)]
         cells.append(
             CeilingCell(
                 env_id, workers, variant, round(statistics.median(rates), 2), [round(rate, 2) for rate in rates], round(statistics.median(ratios), 3),
-                [run[1] for run in variant_runs], [run[2] for run in variant_runs], [run[3] for run in variant_runs], [run[4] for run in variant_runs],
+                listed, shared_hits, memory_hits, waits,
             )
         )
     return cells
