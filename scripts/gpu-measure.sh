@@ -6,6 +6,8 @@
 #   bash scripts/gpu-measure.sh throughput   # bench envs ceilings; bench train lockstep vs pipeline (issue 15)
 #   LABEL=x GAME=detective.z5 NUM_ENVS=256 STEPS=4000 EXTRA='--set ...' bash scripts/gpu-measure.sh train   # one train run, GPU sampled
 #   GAME=detective.z5 NUM_ENVS=64 bash scripts/gpu-measure.sh profile   # train under cProfile, GPU utilisation sampled
+#   SKIP=40 CALLS=10 GAME=detective.z5 NUM_ENVS=256 bash scripts/gpu-measure.sh torchprof   # torch.profiler over CALLS
+#                                                                         # decisions after SKIP: phases, kernels, trace
 #   GAME=detective.z5 NUM_ENVS=256 bash scripts/gpu-measure.sh spy       # the same under py-spy (every thread, idle included;
 #                                                                         # SPY_GIL=1: only the thread holding the GIL)
 #   LABEL=agents GAMES=detective.z5,balances.z5 SEEDS=0,1,2 MINUTES=4 bash scripts/gpu-measure.sh agents
@@ -135,6 +137,15 @@ profile)
   python3 -c "import pstats, sys; s = pstats.Stats(sys.argv[1]); s.sort_stats('tottime').print_stats(45); s.sort_stats('cumulative').print_stats(70)" \
     "$out/train.prof" >"$out/profile.txt" 2>&1
   ;;
+torchprof)
+  # where the device's time goes inside the collection's decisions (scripts/torch_profile_train.py), GPU sampled
+  nvidia-smi --query-gpu=utilization.gpu --format=csv,noheader,nounits -l 1 >"$out/util-torchprof.txt" &
+  smi=$!
+  timeout -s INT "${TRAIN_S:-200}" python3 scripts/torch_profile_train.py "$out/torchprof" "${SKIP:-40}" "${CALLS:-10}" \
+    "${train_args[@]}" --run-dir "/tmp/pz-torchprof-$$" ${EXTRA:-} >"$out/torchprof-run.log" 2>&1
+  kill "$smi"
+  grep -h "steps/s\|torch_profile_train" "$out/torchprof-run.log" | tail -4
+  ;;
 spy)
   # the same `train` run under py-spy (sampling, every thread, idle time included: where the wall-clock goes);
   # needs py-spy on PATH (a manylinux wheel carried, e.g. pip install --no-deps --target /tmp/pyspy WHEEL)
@@ -149,5 +160,5 @@ spy)
   grep -h "steps/s" "$out/spy-run.log" | tail -4
   ;;
 *)
-  echo "usage: $0 stress|throughput|train|agents|compare|games|profile|spy" >&2; exit 2 ;;
+  echo "usage: $0 stress|throughput|train|agents|compare|games|profile|torchprof|spy" >&2; exit 2 ;;
 esac
