@@ -83,7 +83,7 @@ def decide(self, states):
         self.world_model._profiled_initial = True
     state["calls"] += 1
     if state["calls"] == skip + 1:
-        state["collector"] = threading.get_ident()
+        state["collector"] = threading.get_ident()  # finish() runs on this thread too
         state["profiler"] = profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA])
         state["profiler"].__enter__()
         state["window"] = time.perf_counter()
@@ -123,6 +123,15 @@ def finish():
             total = getattr(event, "device_time_total", None)
             total = event.cuda_time_total if total is None else total
             device_of[event.name] = device_of.get(event.name, 0.0) + total / 1e6
+    names = {thread.native_id: thread.name for thread in threading.enumerate()}
+    by_thread = {}  # device seconds of the kernels each thread launched (the collector, the learners)
+    for event in events:
+        if event.device_type == torch.autograd.DeviceType.CPU:
+            own = getattr(event, "self_device_time_total", None)
+            own = event.self_cuda_time_total if own is None else own
+            if own:
+                name = names.get(event.thread, str(event.thread))
+                by_thread[name] = by_thread.get(name, 0.0) + own / 1e6
     phases = dict(walls)
     phases["prior_rest"] = walls["priors"] - walls["prepare"] - walls["score"]
     phases["decide_rest"] = walls["decide"] - walls["priors"] - walls["root_inputs"] - walls["initial"] - walls["plan"]
@@ -133,6 +142,8 @@ def finish():
         "device_busy_share": busy / 1e6 / window if window else None,
         "host_wall_s": phases,
         "device_s_inside": device_of,
+        "device_s_by_thread": by_thread,
+        "collector_thread": names.get(threading.get_native_id()),
         "per_call": state["per_call"],
         "states_per_s_in_window": sum(c["states"] for c in state["per_call"]) / window,
     }
