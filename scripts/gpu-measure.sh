@@ -141,7 +141,7 @@ torchprof)
   # where the device's time goes inside the collection's decisions (scripts/torch_profile_train.py), GPU sampled
   nvidia-smi --query-gpu=utilization.gpu --format=csv,noheader,nounits -l 1 >"$out/util-torchprof.txt" &
   smi=$!
-  timeout -s INT "${TRAIN_S:-200}" python3 scripts/torch_profile_train.py "$out/torchprof" "${SKIP:-40}" "${CALLS:-10}" \
+  timeout -s INT "${TRAIN_S:-200}" python3 scripts/torch_profile_train.py "$out/torchprof${TAG:-}" "${SKIP:-40}" "${CALLS:-10}" \
     "${train_args[@]}" --run-dir "/tmp/pz-torchprof-$$" ${EXTRA:-} >"$out/torchprof-run.log" 2>&1
   kill "$smi"
   grep -h "steps/s\|torch_profile_train" "$out/torchprof-run.log" | tail -4

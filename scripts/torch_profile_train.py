@@ -20,7 +20,7 @@ Writes OUT_DIR/phases.json: per phase its host wall-clock seconds (summed over t
 time of the kernels launched inside it; the device's busy time (the union of every kernel's interval, all threads,
 learners included) against the window's wall-clock; per call the states, the states scored (prior cache misses),
 the tokens of their prompts and candidates. OUT_DIR/kernels.txt: key_averages sorted by device time.
-OUT_DIR/trace.json.gz: the Chrome trace (chrome://tracing, Perfetto), kept when under 15 MiB.
+With TRACE=1 also OUT_DIR/trace.json.gz: the Chrome trace (chrome://tracing, Perfetto), kept when under 15 MiB.
 """
 
 import gzip
@@ -151,18 +151,19 @@ def finish():
     averages = profiler.key_averages()
     for key in ("device_time_total", "cuda_time_total"):
         try:
-            table = averages.table(sort_by=key, row_limit=60)
+            table = averages.table(sort_by=key, row_limit=45)
             break
         except (AttributeError, KeyError, ValueError):
             continue
     (out_dir / "kernels.txt").write_text(table + "\n")
-    trace = out_dir / "trace.json"
-    profiler.export_chrome_trace(str(trace))
-    with open(trace, "rb") as raw, gzip.open(str(trace) + ".gz", "wb") as packed:
-        shutil.copyfileobj(raw, packed)
-    os.remove(trace)
-    if os.path.getsize(str(trace) + ".gz") > 15 * 2**20:  # the device tool brings back files of at most 16 MiB
-        os.remove(str(trace) + ".gz")
+    if os.environ.get("TRACE"):  # the Chrome trace: minutes to write for a window with the learners' kernels
+        trace = out_dir / "trace.json"
+        profiler.export_chrome_trace(str(trace))
+        with open(trace, "rb") as raw, gzip.open(str(trace) + ".gz", "wb") as packed:
+            shutil.copyfileobj(raw, packed)
+        os.remove(trace)
+        if os.path.getsize(str(trace) + ".gz") > 15 * 2**20:  # the device tool brings back files of at most 16 MiB
+            os.remove(str(trace) + ".gz")
     print(f"torch_profile_train: {calls} decisions profiled in {window:.1f} s, device busy {busy / 1e6 / window:.1%}; "
           f"files in {out_dir}", file=sys.stderr, flush=True)
 

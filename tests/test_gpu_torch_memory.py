@@ -57,3 +57,29 @@ def test_fit_checks_the_real_peak_under_a_capped_allocator():
 
 def test_context_measurement_without_nvml_falls_back():
     assert measure_context_bytes(None, "cuda:0") == DEFAULT_CONTEXT_BYTES
+
+
+def test_a_finished_runs_memory_is_given_back_before_the_next_start():
+    """What only a reference cycle holds, and the allocator's cache, go back to the device: NVML then counts them free."""
+    from priorzero.gpu.torch_memory import release_unused_memory
+
+    class Run:  # a finished run: its model and a callback that refers back to it
+        def __init__(self):
+            self.weights = torch.empty(256 * MiB, dtype=torch.uint8, device="cuda:0")
+            self.on_step = self.step
+
+        def step(self):
+            return self.weights
+
+    import gc
+
+    release_unused_memory()
+    before = torch.cuda.memory_reserved(0)
+    gc.disable()  # the collector runs only when the release asks it to
+    try:
+        Run()
+        assert torch.cuda.memory_reserved(0) >= before + 256 * MiB  # the cycle keeps it until the collector runs
+        release_unused_memory()
+    finally:
+        gc.enable()
+    assert torch.cuda.memory_reserved(0) <= before

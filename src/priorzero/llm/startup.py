@@ -5,7 +5,8 @@
     startup.train_device                   # where the world model and the learners run
     startup.report                         # what happened, for the log and RUN_DIR/startup.json
 
-1. Placement (gpu/placement.py): NVML sampled over a short window, the GPUs `CUDA_VISIBLE_DEVICES` allows ranked
+1. Placement (gpu/placement.py), after this process gave back the GPU memory it holds but no longer uses (an
+   earlier run's, `gpu/torch_memory.py:release_unused_memory`): NVML sampled over a short window, the GPUs `CUDA_VISIBLE_DEVICES` allows ranked
    by stable free memory, the budgets `llm.gpu_memory` and `gpu.train_memory` resolved there; `llm.device`
    narrows the choice (cpu, cuda, cuda:N), `gpu.count` says how many GPUs get a scorer (N or auto; each GPU that
    gets none is reported with why). No GPU: the CPU, said so.
@@ -59,6 +60,7 @@ def start_prior(config: Config, nvml: Any = None, sleep: Callable[[float], None]
     """Place, start and budget the language model's scorers (gpu.count of them) as the config says; see the module docstring."""
     from priorzero.gpu.placement import place_for_run
     from priorzero.gpu.start import StartPolicy, start_engine
+    from priorzero.gpu.torch_memory import release_unused_memory
     from priorzero.llm.backends.hf import HFPrior
     from priorzero.llm.loading import load_language_model
 
@@ -68,6 +70,7 @@ def start_prior(config: Config, nvml: Any = None, sleep: Callable[[float], None]
 
         import_vllm()  # a missing vLLM is one line before anything loads
     began = clock()
+    release_unused_memory()  # what an earlier run in this process left (bench agents: training, then evaluation)
     plan = place_for_run(llm.device, llm.gpu_memory, config.gpu.train_memory, nvml, count=config.gpu.count)
     if llm.backend == "vllm" and len(plan.scorers) > 1:
         raise UserError(
