@@ -3,10 +3,11 @@ timed side by side in one run (the same games, weights and load for both):
 
     python3 scripts/ab_tf32_train.py OUT.json SKIP CALLS train --preset full ...
 
-The first SKIP calls of `SearchAgent.decide` run as configured; the next CALLS alternate
+The first SKIP calls of `SearchAgent.decide` run as PyTorch's default has it (full float32); the next CALLS alternate
 `torch.backends.cuda.matmul.allow_tf32` off, on, off, ... (the learner threads read the same flag, so they alternate
 with them), each call timed to the end of its device work. Writes per mode the calls, their median seconds, the
-median milliseconds per game state and the seconds of the search alone (`search.root.plan` and reading its result).
+median milliseconds per game state and the seconds of the search alone (`search.root.plan` and reading its result),
+rewritten after every pair of calls (a run stopped early keeps what it timed).
 """
 
 import json
@@ -22,6 +23,7 @@ from priorzero.search import root as root_module
 from priorzero.train import agents
 
 timings = {"full_fp32": [], "tf32": []}
+sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)  # a CPU run only checks the script
 state = {"calls": 0}
 
 
@@ -32,16 +34,17 @@ def decide(self, states):
         return original_decide(self, states)
     mode = "tf32" if k % 2 else "full_fp32"
     if k == 0:
-        state["configured"] = torch.backends.cuda.matmul.allow_tf32  # gpu.tf32, as the start-up set it
+        state["configured"] = torch.backends.cuda.matmul.allow_tf32  # PyTorch's default: False
     torch.backends.cuda.matmul.allow_tf32 = mode == "tf32"
-    torch.cuda.synchronize()
+    sync()
     start = time.perf_counter()
     state["plan_s"] = 0.0
     decisions = original_decide(self, states)
-    torch.cuda.synchronize()
+    sync()
     timings[mode].append({"s": time.perf_counter() - start, "states": len(states), "plan_s": state["plan_s"]})
     if k == calls - 1:
         torch.backends.cuda.matmul.allow_tf32 = state["configured"]
+    if k % 2 == 1:  # after every pair, so that a run stopped early still leaves what it timed
         summary = {
             mode: {
                 "calls": len(rows),
@@ -54,7 +57,7 @@ def decide(self, states):
         }
         summary["tf32_over_fp32_per_state"] = summary["tf32"]["median_ms_per_state"] / summary["full_fp32"]["median_ms_per_state"]
         out.write_text(json.dumps(summary, indent=1) + "\n")
-        print(f"ab_tf32_train: ms per state full fp32 {summary['full_fp32']['median_ms_per_state']:.3f}, "
+        print(f"ab_tf32_train: {k + 1} calls: ms per state full fp32 {summary['full_fp32']['median_ms_per_state']:.3f}, "
               f"tf32 {summary['tf32']['median_ms_per_state']:.3f} (ratio {summary['tf32_over_fp32_per_state']:.3f})", file=sys.stderr, flush=True)
     return decisions
 
@@ -62,7 +65,7 @@ def decide(self, states):
 def plan(*args, **kwargs):
     start = time.perf_counter()
     result = original_plan(*args, **kwargs)
-    torch.cuda.synchronize()
+    sync()
     state["plan_s"] = state.get("plan_s", 0.0) + time.perf_counter() - start
     return result
 

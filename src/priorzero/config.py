@@ -260,10 +260,6 @@ class GPUConfig(_Section):
     start_backoff_s: float = Field(2.0, gt=0, description="Wait after the first failed start; doubles after each further failure.")
     stable_window_s: float = Field(2.0, gt=0, description="Before a retry, the GPU's free memory must hold still this long.")
     fallback_to_hf: bool = Field(True, description="When every vLLM start fails, start the transformers backend instead.")
-    tf32: bool = Field(
-        True,
-        description="float32 matrix products (the world model, the search, the text encoder; the language model runs in bf16) on the GPU's TensorFloat-32 tensor cores, PyTorch's matmul precision 'high' (gpu/precision.py); false: full float32, PyTorch's default. No effect on a CPU.",
-    )
 
 
 class Config(_Section):

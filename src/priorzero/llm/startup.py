@@ -60,7 +60,6 @@ def start_prior(config: Config, nvml: Any = None, sleep: Callable[[float], None]
     """Place, start and budget the language model's scorers (gpu.count of them) as the config says; see the module docstring."""
     from priorzero.gpu.placement import place_for_run
     from priorzero.gpu.start import StartPolicy, start_engine
-    from priorzero.gpu.precision import apply_matmul_precision
     from priorzero.gpu.torch_memory import release_unused_memory
     from priorzero.llm.backends.hf import HFPrior
     from priorzero.llm.loading import load_language_model
@@ -72,7 +71,6 @@ def start_prior(config: Config, nvml: Any = None, sleep: Callable[[float], None]
         import_vllm()  # a missing vLLM is one line before anything loads
     began = clock()
     release_unused_memory()  # what an earlier run in this process left (bench agents: training, then evaluation)
-    apply_matmul_precision(config.gpu.tf32)
     plan = place_for_run(llm.device, llm.gpu_memory, config.gpu.train_memory, nvml, count=config.gpu.count)
     if llm.backend == "vllm" and len(plan.scorers) > 1:
         raise UserError(

@@ -188,7 +188,6 @@ class ActingModels:
     the exploring SearchAgent over them. They start untrained; `load` takes the driver's published weights."""
 
     def __init__(self, config: Config, device: str) -> None:
-        from priorzero.gpu.precision import apply_matmul_precision
         from priorzero.llm.backends.hf import HFPrior
         from priorzero.llm.prior import PriorModel
         from priorzero.model.text_encoder import TextEncoder
@@ -196,7 +195,6 @@ class ActingModels:
         from priorzero.train.agents import SearchAgent
         from priorzero.train.lm_learner import with_lora
 
-        apply_matmul_precision(config.gpu.tf32)  # as the driver's start-up does
         self.prior = PriorModel.of(HFPrior.from_config(config.llm, device=device))
         if config.train.lm_finetune == "lora":  # the learner's adapter names, so its published weights load by name
             self.prior.trainable.model = with_lora(self.prior.trainable.model, config.train)
