@@ -17,8 +17,9 @@ labelled with `record_function` by wrapping, from here, the functions they consi
     decide_rest  the rest of SearchAgent.decide (reading the search's result back)
 
 Writes OUT_DIR/phases.json: per phase its host wall-clock seconds (summed over the profiled calls) and the device
-time of the kernels launched inside it; the device's busy time (the union of every kernel's interval, all threads,
-learners included) against the window's wall-clock; per call the states, the states scored (prior cache misses),
+time of the kernels launched inside it (not the search's CUDA-graph kernels, which no CPU op launches one by one);
+the device's busy time (the union of every kernel's and copy's interval, all threads, learners included) against
+the window's wall-clock, and the sum of those intervals; per call the states, the states scored (prior cache misses),
 the tokens of their prompts and candidates. OUT_DIR/kernels.txt: key_averages sorted by device time.
 With TRACE=1 also OUT_DIR/trace.json.gz: the Chrome trace (chrome://tracing, Perfetto), kept when under 15 MiB.
 """
@@ -105,7 +106,9 @@ def finish():
     profiler, state["profiler"] = state["profiler"], None
     profiler.__exit__(None, None, None)
     events = profiler.events()
-    device_events = [e for e in events if e.device_type == torch.autograd.DeviceType.CUDA]
+    # the device's own events: kernels, copies, sets; not the spans of the labels above, which the profiler also puts
+    # on the device's timeline (each covers its phase's whole time there, idle gaps included)
+    device_events = [e for e in events if e.device_type == torch.autograd.DeviceType.CUDA and e.name not in walls]
     intervals = sorted((e.time_range.start, e.time_range.end) for e in device_events)
     busy, current_start, current_end = 0.0, None, None
     for begin, end in intervals:
@@ -140,6 +143,7 @@ def finish():
         "window_s": window,
         "device_busy_s": busy / 1e6,
         "device_busy_share": busy / 1e6 / window if window else None,
+        "device_event_s": sum(e.time_range.end - e.time_range.start for e in device_events) / 1e6,  # overlaps twice
         "host_wall_s": phases,
         "device_s_inside": device_of,
         "device_s_by_thread": by_thread,
