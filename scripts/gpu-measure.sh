@@ -8,6 +8,8 @@
 #   GAME=detective.z5 NUM_ENVS=64 bash scripts/gpu-measure.sh profile   # train under cProfile, GPU utilisation sampled
 #   SKIP=40 CALLS=10 GAME=detective.z5 NUM_ENVS=256 bash scripts/gpu-measure.sh torchprof   # torch.profiler over CALLS
 #                                                                         # decisions after SKIP: phases, kernels, trace
+#   VARIANT=priority SKIP=40 CALLS=60 GAME=detective.z5 NUM_ENVS=256 bash scripts/gpu-measure.sh ab   # decisions alternating
+#                                                                         # base and VARIANT (tf32|priority) in one run
 #   GAME=detective.z5 NUM_ENVS=256 bash scripts/gpu-measure.sh spy       # the same under py-spy (every thread, idle included;
 #                                                                         # SPY_GIL=1: only the thread holding the GIL)
 #   LABEL=agents GAMES=detective.z5,balances.z5 SEEDS=0,1,2 MINUTES=4 bash scripts/gpu-measure.sh agents
@@ -146,6 +148,12 @@ torchprof)
   kill "$smi"
   grep -h "steps/s\|torch_profile_train" "$out/torchprof-run.log" | tail -4
   ;;
+ab)
+  # one `train` run whose decisions alternate base and VARIANT (scripts/ab_decide_train.py); $OUT/ab-VARIANT.json
+  timeout -s INT "${TRAIN_S:-200}" python3 scripts/ab_decide_train.py "$out/ab-${VARIANT:?}.json" "$VARIANT" "${SKIP:-40}" "${CALLS:-60}" \
+    "${train_args[@]}" --run-dir "/tmp/pz-ab-$$" ${EXTRA:-} >"$out/ab-$VARIANT.log" 2>&1
+  grep -h "steps/s\|ab_decide_train" "$out/ab-$VARIANT.log" | tail -3
+  ;;
 spy)
   # the same `train` run under py-spy (sampling, every thread, idle time included: where the wall-clock goes);
   # needs py-spy on PATH (a manylinux wheel carried, e.g. pip install --no-deps --target /tmp/pyspy WHEEL)
@@ -160,5 +168,5 @@ spy)
   grep -h "steps/s" "$out/spy-run.log" | tail -4
   ;;
 *)
-  echo "usage: $0 stress|throughput|train|agents|compare|games|profile|torchprof|spy" >&2; exit 2 ;;
+  echo "usage: $0 stress|throughput|train|agents|compare|games|profile|torchprof|ab|spy" >&2; exit 2 ;;
 esac
