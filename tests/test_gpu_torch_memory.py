@@ -61,6 +61,8 @@ def test_context_measurement_without_nvml_falls_back():
 
 def test_a_finished_runs_memory_is_given_back_before_the_next_start():
     """What only a reference cycle holds, and the allocator's cache, go back to the device: NVML then counts them free."""
+    import gc
+
     from priorzero.gpu.torch_memory import release_unused_memory
 
     class Run:  # a finished run: its model and a callback that refers back to it
@@ -70,8 +72,6 @@ def test_a_finished_runs_memory_is_given_back_before_the_next_start():
 
         def step(self):
             return self.weights
-
-    import gc
 
     release_unused_memory()
     before = torch.cuda.memory_reserved(0)

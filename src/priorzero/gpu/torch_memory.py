@@ -135,7 +135,7 @@ def release_unused_memory() -> None:
     run's models, its episode loop's callbacks) collected, then the allocator's cached blocks returned. A process that
     starts the models a second time measures free memory with NVML, which counts these as used like any other
     tenant's: `bench agents`' evaluation after a training run saw 61.2 of an H100's 79.2 GiB free and refused its
-    67.7 GiB budget (docs/benchmarks.md). Nothing to do before the process first touched CUDA."""
+    67.7 GiB budget (docs/gpu.md, Placement). Nothing to do before the process first touched CUDA."""
     if torch.cuda.is_initialized():
         gc.collect()
         torch.cuda.empty_cache()
