@@ -7,9 +7,9 @@
 
 1. Placement (gpu/placement.py), after this process gave back the GPU memory it holds but no longer uses (an
    earlier run's, `gpu/torch_memory.py:release_unused_memory`): NVML sampled over a short window, the GPUs
-   `CUDA_VISIBLE_DEVICES` allows ranked by stable free memory, the budgets `llm.gpu_memory` and `gpu.train_memory` resolved there; `llm.device`
-   narrows the choice (cpu, cuda, cuda:N), `gpu.count` says how many GPUs get a scorer (N or auto; each GPU that
-   gets none is reported with why). No GPU: the CPU, said so.
+   `CUDA_VISIBLE_DEVICES` allows ranked by stable free memory, the budgets `llm.gpu_memory` and `gpu.train_memory`
+   resolved there; `llm.device` narrows the choice (cpu, cuda, cuda:N), `gpu.count` says how many GPUs get a scorer
+   (N or auto; each GPU that gets none is reported with why). No GPU: the CPU, said so.
 2. The start (gpu/start.py:start_engine): under the GPU's init lock, transient failures (vLLM's profiling race,
    out of memory) wait for stable free memory, back off and retry (`gpu.start_attempts`, `gpu.start_backoff_s`,
    `gpu.stable_window_s`), then the next GPU; with `llm.backend=vllm` and `gpu.fallback_to_hf`, the transformers
