@@ -36,16 +36,15 @@ from pathlib import Path
 import torch
 from torch.profiler import ProfilerActivity, profile, record_function
 
-from priorzero.cli import main  # noqa: E402
-from priorzero.llm import prior as prior_module  # noqa: E402
-from priorzero.llm.backends import hf  # noqa: E402
-from priorzero.search import root as root_module  # noqa: E402
-from priorzero.train import agents  # noqa: E402
+from priorzero.cli import main
+from priorzero.llm import prior as prior_module
+from priorzero.llm.backends import hf
+from priorzero.search import root as root_module
+from priorzero.train import agents
 
 PHASES = ("prepare", "score", "prior_rest", "root_inputs", "initial", "plan", "decide_rest")
 state = {"calls": 0, "profiler": None, "window": None, "per_call": [], "collector": None}
 walls = {phase: 0.0 for phase in ("decide", "priors", *PHASES)}
-profiling = threading.local()
 
 
 def timed(name, function):
