@@ -95,9 +95,9 @@ def plan(*args, **kwargs):
 
 
 if __name__ == "__main__":  # not again in the game workers, which import this module as their __mp_main__
+    if len(sys.argv) < 6 or sys.argv[2] not in VARIANTS or not (sys.argv[3].isdigit() and sys.argv[4].isdigit()):
+        raise SystemExit(f"usage: python3 scripts/ab_decide_train.py OUT.json {'|'.join(VARIANTS)} SKIP CALLS train [options]  (SKIP, CALLS: whole numbers)")
     out, variant, skip, calls = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-    if variant not in VARIANTS:
-        raise SystemExit(f"ab_decide_train: the variant is one of {', '.join(VARIANTS)}, not {variant!r}")
     sys.argv = ["priorzero", *sys.argv[5:]]
     timings = {"base": [], variant: []}
     original_decide, original_plan = agents.SearchAgent.decide, root_module.plan

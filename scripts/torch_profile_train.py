@@ -42,9 +42,9 @@ from priorzero.llm.backends import hf
 from priorzero.search import root as root_module
 from priorzero.train import agents
 
-PHASES = ("prepare", "score", "prior_rest", "root_inputs", "initial", "plan", "decide_rest")
+LABELS = ("decide", "priors", "prepare", "score", "root_inputs", "initial", "plan")  # the wrapped functions' labels
 state = {"calls": 0, "profiler": None, "window": None, "per_call": [], "collector": None}
-walls = {phase: 0.0 for phase in ("decide", "priors", *PHASES)}
+walls = dict.fromkeys(LABELS, 0.0)
 
 
 def timed(name, function):
@@ -152,7 +152,8 @@ def finish():
     }
     (out_dir / "phases.json").write_text(json.dumps(result, indent=1) + "\n")
     averages = profiler.key_averages()
-    for key in ("device_time_total", "cuda_time_total"):
+    table = "no kernel table: this torch sorts by neither device_time_total nor cuda_time_total"
+    for key in ("device_time_total", "cuda_time_total"):  # the newer name first
         try:
             table = averages.table(sort_by=key, row_limit=45)
             break
@@ -172,6 +173,8 @@ def finish():
 
 
 if __name__ == "__main__":  # not again in the game workers, which import this module as their __mp_main__
+    if len(sys.argv) < 5 or not (sys.argv[2].isdigit() and sys.argv[3].isdigit()):
+        raise SystemExit("usage: python3 scripts/torch_profile_train.py OUT_DIR SKIP CALLS train [options]  (SKIP, CALLS: whole numbers)")
     out_dir, skip, calls = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
     sys.argv = ["priorzero", *sys.argv[4:]]
     out_dir.mkdir(parents=True, exist_ok=True)
